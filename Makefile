@@ -1,0 +1,31 @@
+# Set-up is part of every target: a fresh machine needs only python3, pip and apt-get.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+FMNIST := /usr/share/datasets/fashion-mnist
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test data clean
+
+demo: $(STAMP) data  ## the main job: default recipe (shipped model → token plans → ONNX → checks → accuracy)
+	$(BIN)/vitdeploy run export/default.json --out out/default
+
+test: $(STAMP) data  ## the test suite (CPU only; GPU tests skip)
+	$(BIN)/python -m pytest -q
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # the local CPU wheel; keeps pip from pulling a CUDA build
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+data: $(FMNIST)
+
+$(FMNIST):
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,234 @@
+"""The ``vitdeploy`` command line: thin subcommands over the library functions.
+
+User errors (``VitDeployError``) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitdeploy.errors import VitDeployError
+
+MODEL_HELP = ("a vitdeploy model directory (spec.json + weights.safetensors), a timm/DeiT checkpoint "
+              "(.pth/.safetensors), or a registered name such as fmnist_vit or deit_small_patch16_224 "
+              "(names without shipped weights get a seeded random init, fine for export and speed tests)")
+KEEP_HELP = ("static token plan: comma-separated BLOCK:KEEP pairs, blocks numbered from 1; KEEP is a "
+             "patch-token count (e.g. 137) or a rate of the tokens entering that block (e.g. 0.7). "
+             "Example: --keep 4:0.7,7:0.7,10:0.7 drops 30%% of the patch tokens after blocks 4, 7, 10")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except VitDeployError as exc:
+        print(f"vitdeploy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vitdeploy: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitdeploy",
+        description="Prune, export and check Vision Transformers for TensorRT, ONNX Runtime and PyTorch.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_inspect(sub)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_rewrite(sub)
+    _add_run(sub)
+    return parser
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--arch", help="registered architecture of a timm checkpoint (default: inferred from its shapes)")
+    p.add_argument("--keep", help=KEEP_HELP)
+    p.add_argument("--package", action="store_true",
+                   help="fold the dropped tokens of every --keep step into a package token (SPViT)")
+
+
+def _load(args):
+    from vitdeploy.models.zoo import load_model
+    from vitdeploy.tokens.plan import apply_keep_plan
+
+    model = load_model(args.model, args.arch)
+    if args.keep:
+        model = apply_keep_plan(model, args.keep, package=args.package)
+    return model
+
+
+def _print_json_or(args, payload: dict, text: str) -> None:
+    print(json.dumps(payload, indent=2) if getattr(args, "json", False) else text)
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show a model's spec, parameters and FLOPs per block",
+                       description="Show the spec, parameter count and analytic MACs (per block and total).")
+    _model_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args) -> None:
+    from vitdeploy.report import inspect_report, inspect_table
+
+    report = inspect_report(_load(args))
+    _print_json_or(args, report, inspect_table(report))
+
+
+# --- train -----------------------------------------------------------------------------------
+
+def _add_train(sub) -> None:
+    from vitdeploy.train.loop import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a ViT from scratch (default: the Fashion-MNIST reference model)",
+                       description="Train a registered architecture from scratch and save it as a vitdeploy model "
+                                   "directory, with train.json (config and per-epoch accuracy) beside it.")
+    p.add_argument("--model", default="fmnist_vit", help="registered architecture (default: %(default)s)")
+    p.add_argument("--data", default=d.data, help="fashion-mnist or an ImageFolder directory (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
+    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="use only the first N images of each split (quick runs)")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> None:
+    from vitdeploy.io import write_json_atomic
+    from vitdeploy.models.checkpoint import save_artifact
+    from vitdeploy.models.vit import ViT
+    from vitdeploy.models.zoo import get_spec
+    from vitdeploy.train.loop import TrainConfig, train
+
+    config = TrainConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, threads=args.threads, limit=args.limit)
+    model = ViT(get_spec(args.model))
+    model.reset_parameters(args.seed)
+    report = train(model, config, progress=sys.stderr.isatty())
+    report["command"] = "vitdeploy train " + " ".join(sys.argv[2:])
+    save_artifact(model, args.out, metadata={"train": report["config"]})
+    write_json_atomic(Path(args.out) / "train.json", report)
+    print(f"saved {args.out}: test top-1 {report['test_top1']:.4f} after {config.epochs} epochs "
+          f"({report['train_seconds']:.0f} s)")
+
+
+# --- eval ------------------------------------------------------------------------------------
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="top-1 accuracy in PyTorch and through the exported ONNX",
+                       description="Evaluate top-1 on a dataset in PyTorch and, unless --no-onnx, through an ONNX "
+                                   "export run on ONNX Runtime, and report how often the two agree.")
+    _model_arguments(p)
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an ImageFolder directory")
+    p.add_argument("--split", default="test", help="default: %(default)s")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    p.add_argument("--onnx", help="evaluate this .onnx instead of exporting MODEL to a temporary file")
+    p.add_argument("--no-onnx", action="store_true", help="PyTorch only")
+    p.add_argument("--selection", choices=("topk", "rank"), default="topk", help="token selection in the ONNX graph")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> None:
+    from vitdeploy.evaluate import EvalOptions, evaluate_model, eval_table
+
+    options = EvalOptions(data=args.data, split=args.split, limit=args.limit, resize=args.resize,
+                          onnx=None if args.no_onnx else (args.onnx or "export"), selection=args.selection)
+    report = evaluate_model(_load(args), options, progress=sys.stderr.isatty())
+    _print_json_or(args, report, eval_table(report))
+
+
+# --- export ----------------------------------------------------------------------------------
+
+def _add_export(sub) -> None:
+    from vitdeploy.export.onnx import ExportConfig
+
+    d = ExportConfig()
+    p = sub.add_parser("export", help="export to ONNX (static token counts, dynamic batch) and check it",
+                       description="Export MODEL to ONNX with a dynamic batch axis and static per-layer token counts, "
+                                   "then run the ONNX checker (full), the op audit (no sort, target allowlist) and an "
+                                   "ONNX Runtime parity check. The .onnx and OUT.export.json are written only if all pass.")
+    _model_arguments(p)
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--selection", choices=("topk", "rank"), default=d.selection,
+                   help="topk: TopK with a static k; rank: sort-free (comparisons + one-hot MatMul), no TopK at all")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default=d.target,
+                   help="whose operator allowlist the audit enforces (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 17 or newer (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> None:
+    from vitdeploy.export.onnx import ExportConfig, export_onnx, report_path
+    from vitdeploy.report import export_summary
+
+    if not args.out.endswith(".onnx"):
+        raise VitDeployError(f"--out {args.out}: the output file name must end in .onnx")
+    config = ExportConfig(opset=args.opset, selection=args.selection, target=args.target)
+    report = export_onnx(_load(args), args.out, config)
+    _print_json_or(args, report.to_dict(), export_summary(report.to_dict(), report_path(args.out)))
+
+
+# --- rewrite ---------------------------------------------------------------------------------
+
+def _add_rewrite(sub) -> None:
+    p = sub.add_parser("rewrite", help="fix an ONNX graph from elsewhere: argsort+slice → TopK(k), fold constants",
+                       description="Rewrite an ONNX graph exported by another token-pruning codebase: a full-length "
+                                   "TopK (argsort) whose indices are sliced to the first k becomes TopK(k); constants "
+                                   "are folded. The op audit and an ONNX Runtime before/after parity check follow.")
+    p.add_argument("input", metavar="IN.onnx")
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.set_defaults(run=_run_rewrite)
+
+
+def _run_rewrite(args) -> None:
+    from vitdeploy.export.rewrite import rewrite_onnx
+
+    report = rewrite_onnx(args.input, args.out, target=args.target).to_dict()
+    audit = "passed" if report["audit"]["passed"] else "FAILED: " + "; ".join(report["audit"]["violations"])
+    _print_json_or(args, report, f"wrote {args.out}: {len(report['applied'])} argsort pattern(s) rewritten, "
+                                 f"audit {audit}")
+
+
+# --- run (pipeline recipes) -------------------------------------------------------------------
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a pipeline recipe (model → token plan → ONNX → checks → accuracy)",
+                       description="Run a declarative pipeline recipe (JSON). Without RECIPE, runs the built-in "
+                                   "default: the shipped Fashion-MNIST model with a static token plan.")
+    p.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe JSON (default: export/default.json)")
+    p.add_argument("--out", default="out/default", help="output directory (default: %(default)s)")
+    p.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--json", action="store_true", help="print the JSON summary")
+    p.set_defaults(run=_run_recipe)
+
+
+def _run_recipe(args) -> None:
+    from vitdeploy.pipeline import load_recipe, run_recipe, summary_table
+
+    summary = run_recipe(load_recipe(args.recipe), Path(args.out), limit=args.limit,
+                         progress=sys.stderr.isatty())
+    _print_json_or(args, summary, summary_table(summary))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

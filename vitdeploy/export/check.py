@@ -1,0 +1,193 @@
+"""Checks run after every export or rewrite: ONNX checker, op audit, ONNX Runtime parity.
+
+The op audit enforces the rule that exported graphs never sort. ``argsort`` exports as a TopK
+whose k equals the length of the axis, so any such TopK fails the audit, as does a TopK whose k
+is not a constant or whose axis length is unknown. It also fails on ops outside the target's
+allowlist (``allowlists.py``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from vitdeploy.errors import VitDeployError
+from vitdeploy.export.allowlists import TENSORRT_TOPK_MAX_K, allowed_ops
+
+ORT_THREADS = 2
+
+
+@dataclass
+class TopKInfo:
+    node: str
+    k: int | None
+    axis_length: int | str | None
+
+
+@dataclass
+class AuditReport:
+    target: str
+    opset: int
+    op_counts: dict[str, int]
+    topk: list[TopKInfo]
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class ParityReport:
+    batch_sizes: list[int]
+    max_abs_diff: float
+    atol: float
+    top1_agreement: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def check_model(path: str | Path) -> None:
+    """``onnx.checker`` in full mode (with strict shape inference)."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VitDeployError(f"{path}: ONNX checker failed: {str(exc).splitlines()[0]}") from None
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def audit(model: onnx.ModelProto, target: str) -> AuditReport:
+    """Op audit: every op in the target's allowlist, and no TopK that is really a sort."""
+    opset = model_opset(model)
+    allowed = allowed_ops(target, opset)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    shapes = _value_shapes(inferred.graph)
+    constants = _constant_values(inferred.graph)
+    nodes = list(_all_nodes(inferred.graph))
+    report = AuditReport(target, opset, dict(Counter(n.op_type for n in nodes)), [])
+    for node in nodes:
+        if node.domain not in ("", "ai.onnx"):
+            report.violations.append(f"{node.op_type} ({node.domain}) is a custom-domain op")
+        elif node.op_type not in allowed:
+            report.violations.append(f"{node.op_type} is not supported by {target} at opset {opset}")
+        if node.op_type == "TopK":
+            info = _topk_info(node, shapes, constants)
+            report.topk.append(info)
+            report.violations.extend(_topk_violations(info, target))
+    return report
+
+
+def parity(
+    onnx_path: str | Path,
+    reference: Callable[[np.ndarray], np.ndarray],
+    input_shape: tuple[int, ...],
+    batch_sizes: tuple[int, ...] = (1, 3),
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> ParityReport:
+    """Max |ONNX Runtime − reference| over random inputs at several batch sizes.
+
+    ``input_shape`` excludes the batch axis; using batch sizes other than the one the model was
+    exported with also proves the batch axis is really dynamic.
+    """
+    session = ort_session(onnx_path)
+    rng = np.random.default_rng(seed)
+    worst, agree, total = 0.0, 0, 0
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        got = run_session(session, x)
+        want = reference(x)
+        worst = max(worst, float(np.abs(got - want).max()))
+        agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+        total += batch
+    return ParityReport(list(batch_sizes), worst, atol, agree / total)
+
+
+def ort_session(onnx_path: str | Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = ORT_THREADS
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated exception types
+        raise VitDeployError(f"{onnx_path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from None
+
+
+def run_session(session, x: np.ndarray) -> np.ndarray:
+    """Run a single-input, single-output session."""
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _all_nodes(sub)
+
+
+def _value_shapes(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:
+    shapes = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor_type = value.type.tensor_type
+        if tensor_type.HasField("shape"):
+            shapes[value.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tensor_type.shape.dim
+            ]
+    for init in graph.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _topk_info(node: onnx.NodeProto, shapes: dict, constants: dict) -> TopKInfo:
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+    k_value = constants.get(node.input[1]) if len(node.input) > 1 else None
+    k = int(np.asarray(k_value).reshape(-1)[0]) if k_value is not None else None
+    shape = shapes.get(node.input[0])
+    axis_length = shape[axis] if shape and -len(shape) <= axis < len(shape) else None
+    return TopKInfo(node.name or node.output[0], k, axis_length)
+
+
+def _topk_violations(info: TopKInfo, target: str) -> list[str]:
+    if info.k is None:
+        return [f"TopK {info.node}: k is not a constant (token counts must be static)"]
+    if not isinstance(info.axis_length, int) or info.axis_length == 0:
+        return [f"TopK {info.node}: the length of its axis is unknown, so it may be a full sort"]
+    problems = []
+    if info.k >= info.axis_length:
+        problems.append(f"TopK {info.node}: k={info.k} equals its axis length, i.e. a full sort (argsort)")
+    if target == "tensorrt" and info.k > TENSORRT_TOPK_MAX_K:
+        problems.append(f"TopK {info.node}: k={info.k} exceeds TensorRT's limit of {TENSORRT_TOPK_MAX_K}")
+    return problems

@@ -1,0 +1,147 @@
+"""torch → ONNX export with a static token plan and a dynamic batch axis, checked on every run.
+
+Every export runs the ONNX checker (full mode), the op audit (no sort, target allowlist) and an
+ONNX Runtime parity check against PyTorch. The .onnx and its JSON report (export config, audit,
+parity, spec) are renamed into place only when all three pass, so a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from vitdeploy.errors import VitDeployError
+from vitdeploy.export import check
+from vitdeploy.export.allowlists import TENSORRT_MAX_OPSET
+from vitdeploy.io import atomic_path, write_json_atomic
+from vitdeploy.models.flops import total_macs
+from vitdeploy.models.vit import SELECTION_METHODS, ViT
+
+TARGETS = ("onnxruntime", "tensorrt")
+MIN_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 18
+    selection: str = "topk"
+    target: str = "onnxruntime"
+    example_batch: int = 2
+    parity_batches: tuple[int, ...] = (1, 3)
+    parity_atol: float = 1e-4
+
+    def validate(self) -> "ExportConfig":
+        if self.selection not in SELECTION_METHODS:
+            raise VitDeployError(f"unknown selection {self.selection!r}: choose {' or '.join(SELECTION_METHODS)}")
+        if self.target not in TARGETS:
+            raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(TARGETS)}")
+        if self.opset < MIN_OPSET:
+            raise VitDeployError(f"opset {self.opset} is too old: vitdeploy exports opset {MIN_OPSET} or newer")
+        if self.target == "tensorrt" and self.opset > TENSORRT_MAX_OPSET:
+            raise VitDeployError(f"TensorRT 10 parses opsets up to {TENSORRT_MAX_OPSET}; pass --opset {TENSORRT_MAX_OPSET} or lower")
+        if self.example_batch < 1 or min(self.parity_batches) < 1:
+            raise VitDeployError("batch sizes must be at least 1")
+        return self
+
+
+@dataclass
+class ExportReport:
+    onnx_path: str
+    config: ExportConfig
+    spec: dict
+    macs: int
+    export_seconds: float
+    audit: check.AuditReport
+    parity: check.ParityReport
+
+    def to_dict(self) -> dict:
+        return {
+            "onnx": self.onnx_path,
+            "config": asdict(self.config),
+            "macs": self.macs,
+            "export_seconds": round(self.export_seconds, 3),
+            "audit": self.audit.to_dict(),
+            "parity": self.parity.to_dict(),
+            "spec": self.spec,
+        }
+
+
+def report_path(onnx_path: str | Path) -> Path:
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.stem + ".export.json")
+
+
+def export_onnx(model: ViT, out: str | Path, config: ExportConfig | None = None) -> ExportReport:
+    """Export ``model`` to ``out`` and check it; raise ``VitDeployError`` if any check fails."""
+    config = (config or ExportConfig()).validate()
+    out = Path(out)
+    model = model.eval()
+    model.set_selection(config.selection)
+    started = time.perf_counter()
+    with atomic_path(out, suffix=".onnx") as tmp:
+        _torch_export(model, tmp, config)
+        check.check_model(tmp)
+        audit = check.audit(onnx.load(str(tmp)), config.target)
+        if not audit.passed:
+            raise VitDeployError("op audit failed: " + "; ".join(audit.violations))
+        parity = check.parity(tmp, _torch_reference(model), _input_shape(model),
+                              config.parity_batches, config.parity_atol)
+        if not parity.passed:
+            raise VitDeployError(f"parity check failed: ONNX Runtime differs from PyTorch by "
+                                 f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}")
+        report = ExportReport(str(out), config, model.spec.to_dict(), total_macs(model.spec),
+                              time.perf_counter() - started, audit, parity)
+        write_json_atomic(report_path(out), report.to_dict())
+    return report
+
+
+def _torch_export(model: ViT, path: Path, config: ExportConfig) -> None:
+    example = torch.zeros(config.example_batch, *_input_shape(model))
+    batch = torch.export.Dim("batch", min=1)
+    quiet = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_torch_onnx_logs():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=config.opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},), optimize=True, verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; a failure here is ours, not the user's
+            raise RuntimeError(f"torch.onnx.export failed:\n{quiet.getvalue()}") from exc
+        program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_torch_onnx_logs():
+    """The exporter logs a warning per missing optional library (torchvision); hide them."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _torch_reference(model: ViT):
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _input_shape(model: ViT) -> tuple[int, int, int]:
+    spec = model.spec
+    return (spec.in_chans, spec.img_size, spec.img_size)

@@ -1,0 +1,71 @@
+"""Analytic multiply-accumulate counts (MACs) from a spec.
+
+Per block with N tokens entering, embed dim D, H heads, per-head dims qk and v, MLP width M:
+    qkv  = N·D·H·(2·qk + v)        attention = H·N²·(qk + v)
+    proj = N·H·v·D                 mlp       = 2·N·D·M
+plus, for a block that drops tokens by score, the class-attention row H·N·qk. Patch embedding
+costs N_patches·C·p²·D and each classifier head D·classes. Norms, softmax and GELU are not
+counted, the usual convention (fvcore, the NViT and SPViT papers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from vitdeploy.models.spec import ViTSpec
+
+
+@dataclass(frozen=True)
+class BlockMacs:
+    tokens: int
+    qkv: int
+    attention: int
+    proj: int
+    mlp: int
+    token_scores: int
+
+    @property
+    def total(self) -> int:
+        return self.qkv + self.attention + self.proj + self.mlp + self.token_scores
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def block_macs(spec: ViTSpec) -> list[BlockMacs]:
+    result = []
+    for block, n in zip(spec.blocks, spec.tokens_entering()):
+        h, qk, v, d = block.heads, block.qk_dim, block.v_dim, spec.embed_dim
+        scored = block.tokens.active and block.tokens.selector != "fixed"
+        result.append(BlockMacs(
+            tokens=n,
+            qkv=n * d * h * (2 * qk + v),
+            attention=h * n * n * (qk + v),
+            proj=n * h * v * d,
+            mlp=2 * n * d * block.mlp_dim,
+            token_scores=h * n * qk if scored else 0,
+        ))
+    return result
+
+
+def patch_embed_macs(spec: ViTSpec) -> int:
+    return spec.num_patches * spec.in_chans * spec.patch_size**2 * spec.embed_dim
+
+
+def head_macs(spec: ViTSpec) -> int:
+    heads = 2 if spec.distilled else 1
+    return heads * spec.embed_dim * spec.num_classes
+
+
+def total_macs(spec: ViTSpec) -> int:
+    return patch_embed_macs(spec) + sum(b.total for b in block_macs(spec)) + head_macs(spec)
+
+
+def macs_report(spec: ViTSpec) -> dict:
+    """Per-part MACs as plain data, for JSON reports and ``vitdeploy inspect``."""
+    return {
+        "patch_embed": patch_embed_macs(spec),
+        "blocks": [b.to_dict() for b in block_macs(spec)],
+        "head": head_macs(spec),
+        "total": total_macs(spec),
+    }

@@ -1,0 +1,79 @@
+"""Token selection primitives shared by every token-pruning method.
+
+All of them keep a *static* number of tokens, so exported graphs have fixed per-layer shapes:
+
+- ``topk``: TopK with a static k (sorted, so the kept tokens come in descending score order);
+- ``rank``: a sort-free selection for targets without TopK. Each token's rank is counted with
+  pairwise comparisons, and a one-hot (k × N) matrix built from the ranks gathers the kept
+  tokens with one MatMul. It yields exactly the tokens, and the order, that ``topk`` yields
+  (ties go to the lower index);
+- ``gather_fixed``: constant positions (a Gather with constant indices);
+- ``package_token``: SPViT's score-weighted average of the dropped tokens, P = Σ n_i·m_i / Σ m_i.
+
+The functions work on patch tokens only; the model keeps class/distillation tokens around them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PACKAGE_EPS = 1e-12
+
+
+def cls_attention(q_cls: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """The class token's attention to every token, averaged over heads: (B, H, 1, d) → (B, N).
+
+    Only the class row is computed, O(N·d) per head, so the block's own attention can stay fused.
+    """
+    attn = torch.softmax((q_cls @ k.transpose(-2, -1)) * scale, dim=-1)
+    return attn.mean(dim=1).squeeze(1)
+
+
+def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, k) of the k highest scores, highest first."""
+    return torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
+
+
+def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, N, D) at per-sample indices (B, k) → (B, k, D)."""
+    return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def gather_fixed(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, N, D) at the same constant positions for every sample → (B, k, D)."""
+    return x.index_select(1, positions)
+
+
+def rank_onehot(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """One-hot selection matrix (B, k, N): row r marks the token of rank r (0 = highest score).
+
+    rank_i = #{j : s_j > s_i} + #{j < i : s_j = s_i}, built from comparisons and sums only.
+    """
+    n = scores.shape[1]
+    s_i, s_j = scores.unsqueeze(2), scores.unsqueeze(1)
+    earlier = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril(-1)
+    beats = (s_j > s_i) | ((s_j == s_i) & earlier)
+    rank = beats.to(scores.dtype).sum(dim=2)
+    slots = torch.arange(k, device=scores.device, dtype=scores.dtype).view(1, k, 1)
+    return (rank.unsqueeze(1) == slots).to(scores.dtype)
+
+
+def select_tokens(
+    x: torch.Tensor, scores: torch.Tensor, k: int, method: str = "topk"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k highest-scoring tokens. Returns (kept (B, k, D), keep mask (B, N) of 0/1)."""
+    if method == "rank":
+        onehot = rank_onehot(scores, k)
+        return onehot.to(x.dtype) @ x, onehot.sum(dim=1)
+    if method != "topk":
+        raise ValueError(f"unknown selection method {method!r}")
+    indices = topk_indices(scores, k)
+    keep_mask = torch.zeros_like(scores).scatter(1, indices, 1.0)
+    return gather_tokens(x, indices), keep_mask
+
+
+def package_token(x: torch.Tensor, scores: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """SPViT package token (B, 1, D): the dropped tokens averaged with their scores as weights."""
+    weights = (scores * (1.0 - keep_mask)).unsqueeze(-1)
+    total = weights.sum(dim=1, keepdim=True).clamp_min(PACKAGE_EPS)
+    return (weights * x).sum(dim=1, keepdim=True) / total
