@@ -28,13 +28,34 @@ def test_saving_over_an_artifact_replaces_it_whole(tmp_path, tiny):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
+def test_saving_never_replaces_a_directory_with_other_files(tmp_path, tiny):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(VitDeployError, match="already holds other files"):
+        save_artifact(tiny, tmp_path)
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(VitDeployError, match="is a file"):
+        save_artifact(tiny, tmp_path / "afile")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "thesis.tex"]
+
+
+def test_a_failure_while_saving_keeps_the_old_artifact(tmp_path, tiny, monkeypatch):
+    save_artifact(tiny, tmp_path / "m", reports={"train.json": {"top1": 0.9}})
+    import vitdeploy.models.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        save_artifact(tiny_model(seed=3), tmp_path / "m")
+    assert torch.equal(load_artifact(tmp_path / "m").head.weight, tiny.head.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 def timm_style_state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def test_pth_with_model_wrapper_and_module_prefix_loads(tmp_path):
-    spec = tiny_spec(embed_dim=128, blocks=get_spec("deit_small_patch16_224").blocks[:2])
-    spec.blocks = [type(b)(heads=2, qk_dim=64, v_dim=64, mlp_dim=256) for b in spec.blocks]
+    spec = tiny_spec(embed_dim=192, blocks=get_spec("deit_tiny_patch16_224").blocks[:2])
     model = tiny_model(spec.validate())
     state = {"model": {f"module.{k}": v for k, v in timm_style_state(model).items()}, "epoch": 3}
     torch.save(state, tmp_path / "ckpt.pth")
@@ -42,6 +63,15 @@ def test_pth_with_model_wrapper_and_module_prefix_loads(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
     assert spec_from_timm_state(timm_style_state(model)).blocks == spec.blocks
+
+
+def test_a_nonstandard_width_needs_arch(tmp_path):
+    torch.save(timm_style_state(tiny_model()), tmp_path / "odd.pth")  # width 32: heads unknowable
+    with pytest.raises(VitDeployError, match="pass --arch"):
+        load_timm_checkpoint(tmp_path / "odd.pth")
+    loaded = load_timm_checkpoint(tmp_path / "odd.pth", tiny_spec())
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(loaded(x), tiny_model()(x))
 
 
 def test_checkpoint_that_does_not_match_the_spec(tmp_path, tiny):

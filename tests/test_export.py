@@ -42,6 +42,12 @@ def test_export_passes_every_check_and_writes_its_report(tmp_path, pruned, selec
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim[1:]] == [5]
 
 
+def test_export_restores_the_models_own_selection(tmp_path, pruned):
+    pruned.set_selection("topk")
+    export_onnx(pruned, tmp_path / "m.onnx", ExportConfig(selection="rank"))
+    assert pruned.selection == "topk"
+
+
 def test_failed_check_leaves_the_old_file_untouched(tmp_path, pruned):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous export")
@@ -51,9 +57,19 @@ def test_failed_check_leaves_the_old_file_untouched(tmp_path, pruned):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_out_naming_a_directory_is_a_user_error(tmp_path, pruned):
+    (tmp_path / "m.onnx").mkdir()
+    with pytest.raises(VitDeployError, match="is a directory"):
+        export_onnx(pruned, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
 @pytest.mark.parametrize("config, message", [
-    (ExportConfig(opset=16), "too old"),
-    (ExportConfig(target="tensorrt", opset=25), "TensorRT 10 parses opsets up to"),
+    (ExportConfig(opset=17), r"choose 18\.\.24"),
+    (ExportConfig(opset=25), r"choose 18\.\.24"),
+    (ExportConfig(target="tensorrt", opset=25), "not supported for tensorrt"),
+    (ExportConfig(example_batch=1), "batch axis stays dynamic"),
+    (ExportConfig(parity_batches=()), "at least one batch size"),
     (ExportConfig(target="coreml"), "unknown target"),
     (ExportConfig(selection="sort"), "unknown selection"),
 ])

@@ -1,7 +1,7 @@
 import pytest
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec, keep_count
+from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
 from vitdeploy.models.zoo import get_spec, model_names
 from tests.conftest import tiny_spec
 
@@ -28,8 +28,11 @@ def test_token_counts_follow_the_plan():
 
 
 @pytest.mark.parametrize("plan, message", [
-    ({0: TokenStep(keep=17, selector="cls_attn")}, "outside 1..16"),
-    ({0: TokenStep(keep=8, selector="cls_attn"), 1: TokenStep(keep=9, selector="cls_attn")}, "outside 1..8"),
+    ({0: TokenStep(keep=17, selector="cls_attn")}, r"whole number in 1\.\.15"),
+    ({0: TokenStep(keep=16, selector="cls_attn")}, r"fewer than the 16 patch tokens"),
+    ({0: TokenStep(keep=8, selector="cls_attn"), 1: TokenStep(keep=9, selector="cls_attn")}, r"1\.\.7"),
+    ({0: TokenStep(keep=7.5, selector="cls_attn")}, "whole number"),
+    ({3: TokenStep(keep=4, selector="cls_attn")}, "last block"),
     ({0: TokenStep(keep=2, selector="fixed", positions=[1])}, "lists 1 positions"),
     ({0: TokenStep(keep=2, selector="fixed", positions=[1, 16])}, "distinct indices"),
     ({0: TokenStep(keep=2, selector="magic")}, "unknown token selector"),
@@ -48,13 +51,15 @@ def test_invalid_json_is_a_user_error():
         ViTSpec.from_json('{"img_size": 32}')
 
 
-def test_keep_count_accepts_counts_and_rates():
-    assert keep_count(0.7, 196) == 138
-    assert keep_count(137, 196) == 137
-    with pytest.raises(VitDeployError):
-        keep_count(12.5, 196)
-    with pytest.raises(VitDeployError):
-        keep_count(-0.5, 196)
+def test_non_integer_dims_from_a_hand_edited_spec_are_refused():
+    data = tiny_spec().to_dict()
+    data["blocks"][1]["mlp_dim"] = 128.0
+    with pytest.raises(VitDeployError, match="positive whole numbers"):
+        ViTSpec.from_dict(data)
+
+
+def test_unpruned_specs_record_their_attention_scale():
+    assert all(b.attn_scale == 16**-0.5 for b in tiny_spec().blocks)
 
 
 def test_every_registered_spec_is_valid():

@@ -11,13 +11,15 @@ import sys
 from pathlib import Path
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.models.spec import SELECTION_METHODS
 
 MODEL_HELP = ("a vitdeploy model directory (spec.json + weights.safetensors), a timm/DeiT checkpoint "
               "(.pth/.safetensors), or a registered name such as fmnist_vit or deit_small_patch16_224 "
               "(names without shipped weights get a seeded random init, fine for export and speed tests)")
-KEEP_HELP = ("static token plan: comma-separated BLOCK:KEEP pairs, blocks numbered from 1; KEEP is a "
-             "patch-token count (e.g. 137) or a rate of the tokens entering that block (e.g. 0.7). "
-             "Example: --keep 4:0.7,7:0.7,10:0.7 drops 30%% of the patch tokens after blocks 4, 7, 10")
+KEEP_HELP = ("static token plan (replaces any plan stored with MODEL): comma-separated BLOCK:KEEP pairs, blocks "
+             "numbered from 1; KEEP is a whole patch-token count (e.g. 137) or a rate strictly between 0 and 1 "
+             "of the patch tokens entering that block (e.g. 0.7). Tokens are ranked by the class token's "
+             "attention. Example: --keep 4:0.7,7:0.7,10:0.7 drops 30%% of the patch tokens after blocks 4, 7, 10")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,16 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--arch", help="registered architecture of a timm checkpoint (default: inferred from its shapes)")
+    p.add_argument("--arch", help="registered architecture of a timm checkpoint, which also sets its input "
+                                  "normalisation (default: inferred from the shapes, with ImageNet mean/std)")
     p.add_argument("--keep", help=KEEP_HELP)
     p.add_argument("--package", action="store_true",
                    help="fold the dropped tokens of every --keep step into a package token (SPViT)")
 
 
 def _load(args):
+    from vitdeploy.models.checkpoint import CHECKPOINT_SUFFIXES
     from vitdeploy.models.zoo import load_model
     from vitdeploy.tokens.plan import apply_keep_plan
 
+    if args.package and not args.keep:
+        raise VitDeployError("--package needs --keep (the token steps whose dropped tokens it packages)")
+    if args.arch and not args.model.endswith(CHECKPOINT_SUFFIXES):
+        raise VitDeployError("--arch applies only to checkpoint files (.pth/.safetensors)")
     model = load_model(args.model, args.arch)
     if args.keep:
         model = apply_keep_plan(model, args.keep, package=args.package)
@@ -90,13 +98,13 @@ def _run_inspect(args) -> None:
 # --- train -----------------------------------------------------------------------------------
 
 def _add_train(sub) -> None:
-    from vitdeploy.train.loop import TrainConfig
+    from vitdeploy.train.config import TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a ViT from scratch (default: the Fashion-MNIST reference model)",
                        description="Train a registered architecture from scratch and save it as a vitdeploy model "
                                    "directory, with train.json (config and per-epoch accuracy) beside it.")
-    p.add_argument("--model", default="fmnist_vit", help="registered architecture (default: %(default)s)")
+    p.add_argument("--model", default=d.model, help="registered architecture (default: %(default)s)")
     p.add_argument("--data", default=d.data, help="fashion-mnist or an ImageFolder directory (default: %(default)s)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
@@ -105,24 +113,24 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--limit", type=int, help="use only the first N images of each split (quick runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> None:
-    from vitdeploy.io import write_json_atomic
     from vitdeploy.models.checkpoint import save_artifact
     from vitdeploy.models.vit import ViT
     from vitdeploy.models.zoo import get_spec
-    from vitdeploy.train.loop import TrainConfig, train
+    from vitdeploy.train.config import TrainConfig
+    from vitdeploy.train.loop import train
 
-    config = TrainConfig(data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, threads=args.threads, limit=args.limit)
+    config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, seed=args.seed, threads=args.threads, limit=args.limit).validate()
     model = ViT(get_spec(args.model))
     model.reset_parameters(args.seed)
-    report = train(model, config, progress=sys.stderr.isatty())
-    report["command"] = "vitdeploy train " + " ".join(sys.argv[2:])
-    save_artifact(model, args.out, metadata={"train": report["config"]})
-    write_json_atomic(Path(args.out) / "train.json", report)
+    report = train(model, config, progress=not args.quiet)
+    report["command"] = config.command(args.out)
+    save_artifact(model, args.out, reports={"train.json": report})
     print(f"saved {args.out}: test top-1 {report['test_top1']:.4f} after {config.epochs} epochs "
           f"({report['train_seconds']:.0f} s)")
 
@@ -138,9 +146,11 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", default="test", help="default: %(default)s")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--resize", action="store_true", help="resize images to the model's input size")
-    p.add_argument("--onnx", help="evaluate this .onnx instead of exporting MODEL to a temporary file")
-    p.add_argument("--no-onnx", action="store_true", help="PyTorch only")
-    p.add_argument("--selection", choices=("topk", "rank"), default="topk", help="token selection in the ONNX graph")
+    runtime = p.add_mutually_exclusive_group()
+    runtime.add_argument("--onnx", help="evaluate this .onnx instead of exporting MODEL to a temporary file")
+    runtime.add_argument("--no-onnx", action="store_true", help="PyTorch only")
+    p.add_argument("--selection", choices=SELECTION_METHODS, default="topk",
+                   help="token selection in the temporary ONNX export (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_run_eval)
 
@@ -149,7 +159,7 @@ def _run_eval(args) -> None:
     from vitdeploy.evaluate import EvalOptions, evaluate_model, eval_table
 
     options = EvalOptions(data=args.data, split=args.split, limit=args.limit, resize=args.resize,
-                          onnx=None if args.no_onnx else (args.onnx or "export"), selection=args.selection)
+                          with_onnx=not args.no_onnx, onnx_path=args.onnx, selection=args.selection)
     report = evaluate_model(_load(args), options, progress=sys.stderr.isatty())
     _print_json_or(args, report, eval_table(report))
 
@@ -157,7 +167,7 @@ def _run_eval(args) -> None:
 # --- export ----------------------------------------------------------------------------------
 
 def _add_export(sub) -> None:
-    from vitdeploy.export.onnx import ExportConfig
+    from vitdeploy.export.config import MAX_OPSET, MIN_OPSET, TARGETS, ExportConfig
 
     d = ExportConfig()
     p = sub.add_parser("export", help="export to ONNX (static token counts, dynamic batch) and check it",
@@ -166,11 +176,12 @@ def _add_export(sub) -> None:
                                    "ONNX Runtime parity check. The .onnx and OUT.export.json are written only if all pass.")
     _model_arguments(p)
     p.add_argument("--out", required=True, help="output .onnx path")
-    p.add_argument("--selection", choices=("topk", "rank"), default=d.selection,
+    p.add_argument("--selection", choices=SELECTION_METHODS, default=d.selection,
                    help="topk: TopK with a static k; rank: sort-free (comparisons + one-hot MatMul), no TopK at all")
-    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default=d.target,
+    p.add_argument("--target", choices=TARGETS, default=d.target,
                    help="whose operator allowlist the audit enforces (default: %(default)s)")
-    p.add_argument("--opset", type=int, default=d.opset, help="ONNX opset, 17 or newer (default: %(default)s)")
+    p.add_argument("--opset", type=int, default=d.opset,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     p.set_defaults(run=_run_export)
 
@@ -189,13 +200,16 @@ def _run_export(args) -> None:
 # --- rewrite ---------------------------------------------------------------------------------
 
 def _add_rewrite(sub) -> None:
+    from vitdeploy.export.config import TARGETS
+
     p = sub.add_parser("rewrite", help="fix an ONNX graph from elsewhere: argsort+slice → TopK(k), fold constants",
                        description="Rewrite an ONNX graph exported by another token-pruning codebase: a full-length "
                                    "TopK (argsort) whose indices are sliced to the first k becomes TopK(k); constants "
                                    "are folded. The op audit and an ONNX Runtime before/after parity check follow.")
     p.add_argument("input", metavar="IN.onnx")
     p.add_argument("--out", required=True, help="output .onnx path")
-    p.add_argument("--target", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
+    p.add_argument("--target", choices=TARGETS, default="onnxruntime",
+                   help="whose operator allowlist the audit enforces (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.set_defaults(run=_run_rewrite)
 

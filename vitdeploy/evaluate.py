@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vitdeploy.data import batches
+from vitdeploy.data import batches, load_dataset
+from vitdeploy.errors import VitDeployError
 from vitdeploy.export import check
 from vitdeploy.export.onnx import ExportConfig, export_onnx
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.vit import ViT
 from vitdeploy.report import format_table
-from vitdeploy.train.loop import dataset_for, predict
 
 EVAL_BATCH = 256
 
@@ -28,19 +28,49 @@ class EvalOptions:
     split: str = "test"
     limit: int | None = None
     resize: bool = False
-    onnx: str | None = "export"
-    """None: PyTorch only; "export": export MODEL to a temporary .onnx; else a path to an .onnx."""
+    with_onnx: bool = True
+    """Also evaluate through ONNX Runtime (and report agreement with PyTorch)."""
+    onnx_path: str | None = None
+    """The .onnx to evaluate; None exports the model to a temporary file first."""
     selection: str = "topk"
 
 
-def onnx_predictions(onnx_path: str | Path, dataset, progress: bool = False) -> np.ndarray:
+def dataset_for(model: ViT, source: str, split: str, limit: int | None = None, resize: bool = False):
+    """A dataset preprocessed for ``model``: its image size, channels, mean and std."""
+    spec = model.spec
+    return load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
+                        mean=spec.mean, std=spec.std, resize=resize, limit=limit)
+
+
+@torch.no_grad()
+def predict(model: ViT, dataset, batch_size: int = EVAL_BATCH, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels, true labels) over a whole dataset."""
+    model.eval()
+    predictions, labels = [], []
+    for x, y in tqdm(batches(dataset, batch_size), desc="torch eval", disable=not progress,
+                     total=math.ceil(len(dataset) / batch_size)):
+        predictions.append(model(x).argmax(-1))
+        labels.append(y)
+    return torch.cat(predictions), torch.cat(labels)
+
+
+def top1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    return (predictions == labels).float().mean().item()
+
+
+def evaluate(model: ViT, dataset, batch_size: int = EVAL_BATCH) -> float:
+    return top1(*predict(model, dataset, batch_size))
+
+
+def onnx_predictions(onnx_path: str | Path, dataset, progress: bool = False) -> torch.Tensor:
     session = check.ort_session(onnx_path)
+    _check_input_shape(session, dataset, onnx_path)
     outputs = [
         check.run_session(session, x.numpy()).argmax(-1)
         for x, _ in tqdm(batches(dataset, EVAL_BATCH), desc="onnxruntime eval", disable=not progress,
                          total=math.ceil(len(dataset) / EVAL_BATCH))
     ]
-    return np.concatenate(outputs)
+    return torch.from_numpy(np.concatenate(outputs))
 
 
 def evaluate_model(model: ViT, options: EvalOptions, progress: bool = False) -> dict:
@@ -48,17 +78,17 @@ def evaluate_model(model: ViT, options: EvalOptions, progress: bool = False) -> 
     torch_pred, labels = predict(model, dataset, EVAL_BATCH, progress)
     report = {
         "model": model.spec.name, "data": options.data, "split": options.split, "images": len(labels),
-        "macs": total_macs(model.spec), "torch_top1": _top1(torch_pred, labels), "options": asdict(options),
+        "macs": total_macs(model.spec), "torch_top1": top1(torch_pred, labels), "options": asdict(options),
     }
-    if options.onnx is None:
+    if not options.with_onnx:
         return report
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = options.onnx
-        if onnx_path == "export":
+        onnx_path = options.onnx_path
+        if onnx_path is None:
             onnx_path = Path(tmp) / "model.onnx"
             export_onnx(model, onnx_path, ExportConfig(selection=options.selection))
-        onnx_pred = torch.from_numpy(onnx_predictions(onnx_path, dataset, progress))
-    report["onnx_top1"] = _top1(onnx_pred, labels)
+        onnx_pred = onnx_predictions(onnx_path, dataset, progress)
+    report["onnx_top1"] = top1(onnx_pred, labels)
     report["onnx_torch_agreement"] = (onnx_pred == torch_pred).float().mean().item()
     return report
 
@@ -67,9 +97,14 @@ def eval_table(report: dict) -> str:
     rows = [["PyTorch", report["torch_top1"], ""]]
     if "onnx_top1" in report:
         rows.append(["ONNX Runtime", report["onnx_top1"], report["onnx_torch_agreement"]])
-    title = f"{report['model']} on {report['data']}/{report['split']} ({report['images']} images, {report['macs'] / 1e6:.2f}M MACs)"
+    title = (f"{report['model']} on {report['data']}/{report['split']} ({report['images']} images, "
+             f"{report['macs'] / 1e6:.2f}M MACs)")
     return title + "\n\n" + format_table(["runtime", "top-1", "agrees with PyTorch"], rows)
 
 
-def _top1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    return (predictions == labels).float().mean().item()
+def _check_input_shape(session, dataset, onnx_path) -> None:
+    expected = [d if isinstance(d, int) else None for d in session.get_inputs()[0].shape[1:]]
+    actual = list(dataset[0][0].shape)
+    if any(e is not None and e != a for e, a in zip(expected, actual)) or len(expected) != len(actual):
+        raise VitDeployError(f"{onnx_path} expects inputs of shape {expected}, but the data gives {actual}; "
+                             "is it the export of this model?")

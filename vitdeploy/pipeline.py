@@ -7,19 +7,19 @@ exports it through the checked ONNX exporter, and measures top-1 in PyTorch and 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.evaluate import onnx_predictions
+from vitdeploy.evaluate import EvalOptions, evaluate_model
 from vitdeploy.export.onnx import ExportConfig, export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.zoo import load_model
 from vitdeploy.report import format_table
-from vitdeploy.tokens.plan import apply_keep_plan
-from vitdeploy.train.loop import dataset_for, predict
+from vitdeploy.tokens.plan import apply_keep_plan, keep_plan_spec, parse_keep
 
 DEFAULT_RECIPE = Path("export/default.json")
 
@@ -42,24 +42,57 @@ class Recipe:
     description: str = ""
 
 
+RECIPE_KEYS = {"name", "description", "model", "token_plans", "export", "data", "split"}
+PLAN_KEYS = {"name", "keep", "package"}
+
+
 def load_recipe(path: str | Path | None) -> Recipe:
+    """Read and fully validate a recipe, so that a mistake fails before any work starts."""
     path = Path(path) if path else DEFAULT_RECIPE
     if not path.is_file():
         raise VitDeployError(f"recipe {path} not found (run from the repository root, or pass a recipe path)")
     try:
         raw = json.loads(path.read_text())
-        return Recipe(
-            name=raw["name"], model=raw["model"], description=raw.get("description", ""),
-            variants=[Variant(name="baseline")] + [Variant(**v) for v in raw.get("token_plans", [])],
-            export=ExportConfig(**raw.get("export", {})).validate(),
-            data=raw.get("data", "fashion-mnist"), split=raw.get("split", "test"),
-        )
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise VitDeployError(f"recipe {path} is invalid: {type(exc).__name__}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise VitDeployError(f"recipe {path} is not valid JSON: {exc}") from None
+    _require_keys(raw, RECIPE_KEYS, {"name", "model"}, f"recipe {path}")
+    variants = [Variant(name="baseline")] + [_variant(plan, path) for plan in raw.get("token_plans", [])]
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise VitDeployError(f"recipe {path}: token plan names must be unique and not 'baseline'")
+    try:
+        export = ExportConfig(**raw.get("export", {})).validate()
+    except TypeError as exc:
+        raise VitDeployError(f"recipe {path}: bad export settings: {exc}") from None
+    return Recipe(name=raw["name"], model=raw["model"], description=raw.get("description", ""),
+                  variants=variants, export=export, data=raw.get("data", "fashion-mnist"),
+                  split=raw.get("split", "test"))
+
+
+def _variant(plan: dict, path: Path) -> Variant:
+    _require_keys(plan, PLAN_KEYS, {"name", "keep"}, f"recipe {path}: token plan")
+    name, keep = plan["name"], plan["keep"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise VitDeployError(f"recipe {path}: token plan name {name!r} must be letters, digits, '_', '.', '-'")
+    if not isinstance(keep, str):
+        raise VitDeployError(f"recipe {path}: token plan {name}: keep must be a string like \"2:0.7,4:0.7\"")
+    parse_keep(keep)
+    return Variant(name=name, keep=keep, package=bool(plan.get("package", False)))
+
+
+def _require_keys(raw: object, allowed: set[str], required: set[str], where: str) -> None:
+    if not isinstance(raw, dict):
+        raise VitDeployError(f"{where} must be a JSON object")
+    unknown, missing = sorted(set(raw) - allowed), sorted(required - set(raw))
+    if unknown or missing:
+        raise VitDeployError(f"{where}: " + "; ".join(
+            f"{what}: {', '.join(keys)}" for what, keys in (("unknown keys", unknown), ("missing keys", missing)) if keys))
 
 
 def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bool = False) -> dict:
     base = load_model(recipe.model)
+    for variant in recipe.variants[1:]:  # every plan must fit the model before any work starts
+        keep_plan_spec(base.spec, parse_keep(variant.keep))
     base_macs = total_macs(base.spec)
     rows = []
     for variant in recipe.variants:
@@ -75,18 +108,16 @@ def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bo
 def _run_variant(recipe, variant, model, out: Path, base_macs: int, limit, progress) -> dict:
     save_artifact(model, out / "model")
     export = export_onnx(model, out / "model.onnx", recipe.export).to_dict()
-    dataset = dataset_for(model, recipe.data, recipe.split, limit)
-    torch_pred, labels = predict(model, dataset, progress=progress)
-    onnx_pred = onnx_predictions(out / "model.onnx", dataset, progress)
-    torch_pred, labels = torch_pred.numpy(), labels.numpy()
+    accuracy = evaluate_model(model, EvalOptions(recipe.data, recipe.split, limit, onnx_path=export["onnx"]),
+                              progress)
     return {
         "variant": variant.name, "keep": variant.keep, "package": variant.package,
         "tokens_per_block": model.spec.tokens_entering(),
         "macs": export["macs"], "macs_ratio": export["macs"] / base_macs,
-        "torch_top1": float((torch_pred == labels).mean()), "onnx_top1": float((onnx_pred == labels).mean()),
-        "agreement": float((onnx_pred == torch_pred).mean()), "images": int(len(labels)),
+        "torch_top1": accuracy["torch_top1"], "onnx_top1": accuracy["onnx_top1"],
+        "agreement": accuracy["onnx_torch_agreement"], "images": accuracy["images"],
         "audit_passed": export["audit"]["passed"], "parity_max_abs_diff": export["parity"]["max_abs_diff"],
-        "onnx": str(out / "model.onnx"),
+        "onnx": export["onnx"],
     }
 
 

@@ -83,7 +83,7 @@ def _find_idx_file(root: Path, stem: str) -> Path:
             return candidate
     raise VitDeployError(
         f"Fashion-MNIST not found under {root} (no {stem}[.gz]): install it with "
-        f"`apt-get install dataset-fashion-mnist` or pass --data-root / set {ROOT_ENV_VAR}"
+        f"`apt-get install dataset-fashion-mnist` or set {ROOT_ENV_VAR} to its directory"
     )
 
 

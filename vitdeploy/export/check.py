@@ -70,7 +70,10 @@ def check_model(path: str | Path) -> None:
 
 
 def model_opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise VitDeployError("the ONNX model imports no default-domain (ai.onnx) opset")
+    return versions[0]
 
 
 def audit(model: onnx.ModelProto, target: str) -> AuditReport:

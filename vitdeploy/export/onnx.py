@@ -21,37 +21,12 @@ import torch
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export import check
-from vitdeploy.export.allowlists import TENSORRT_MAX_OPSET
+from vitdeploy.export.config import ExportConfig
 from vitdeploy.io import atomic_path, write_json_atomic
 from vitdeploy.models.flops import total_macs
-from vitdeploy.models.vit import SELECTION_METHODS, ViT
+from vitdeploy.models.vit import ViT
 
-TARGETS = ("onnxruntime", "tensorrt")
-MIN_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-
-
-@dataclass
-class ExportConfig:
-    opset: int = 18
-    selection: str = "topk"
-    target: str = "onnxruntime"
-    example_batch: int = 2
-    parity_batches: tuple[int, ...] = (1, 3)
-    parity_atol: float = 1e-4
-
-    def validate(self) -> "ExportConfig":
-        if self.selection not in SELECTION_METHODS:
-            raise VitDeployError(f"unknown selection {self.selection!r}: choose {' or '.join(SELECTION_METHODS)}")
-        if self.target not in TARGETS:
-            raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(TARGETS)}")
-        if self.opset < MIN_OPSET:
-            raise VitDeployError(f"opset {self.opset} is too old: vitdeploy exports opset {MIN_OPSET} or newer")
-        if self.target == "tensorrt" and self.opset > TENSORRT_MAX_OPSET:
-            raise VitDeployError(f"TensorRT 10 parses opsets up to {TENSORRT_MAX_OPSET}; pass --opset {TENSORRT_MAX_OPSET} or lower")
-        if self.example_batch < 1 or min(self.parity_batches) < 1:
-            raise VitDeployError("batch sizes must be at least 1")
-        return self
 
 
 @dataclass
@@ -85,24 +60,42 @@ def export_onnx(model: ViT, out: str | Path, config: ExportConfig | None = None)
     """Export ``model`` to ``out`` and check it; raise ``VitDeployError`` if any check fails."""
     config = (config or ExportConfig()).validate()
     out = Path(out)
-    model = model.eval()
-    model.set_selection(config.selection)
     started = time.perf_counter()
-    with atomic_path(out, suffix=".onnx") as tmp:
+    with atomic_path(out, suffix=".onnx") as tmp, _selection(model.eval(), config.selection):
         _torch_export(model, tmp, config)
-        check.check_model(tmp)
-        audit = check.audit(onnx.load(str(tmp)), config.target)
-        if not audit.passed:
-            raise VitDeployError("op audit failed: " + "; ".join(audit.violations))
-        parity = check.parity(tmp, _torch_reference(model), _input_shape(model),
-                              config.parity_batches, config.parity_atol)
-        if not parity.passed:
-            raise VitDeployError(f"parity check failed: ONNX Runtime differs from PyTorch by "
-                                 f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}")
+        audit, parity = _check_export(tmp, model, config)
         report = ExportReport(str(out), config, model.spec.to_dict(), total_macs(model.spec),
                               time.perf_counter() - started, audit, parity)
-        write_json_atomic(report_path(out), report.to_dict())
+    write_json_atomic(report_path(out), report.to_dict())
     return report
+
+
+def _check_export(path: Path, model: ViT, config: ExportConfig) -> tuple[check.AuditReport, check.ParityReport]:
+    """Checker, audit and parity; any failure raises ``VitDeployError`` (and the export is dropped)."""
+    check.check_model(path)
+    exported = onnx.load(str(path))
+    if check.model_opset(exported) != config.opset:
+        raise RuntimeError(f"asked the exporter for opset {config.opset}, got {check.model_opset(exported)}")
+    audit = check.audit(exported, config.target)
+    if not audit.passed:
+        raise VitDeployError("op audit failed: " + "; ".join(audit.violations))
+    parity = check.parity(path, _torch_reference(model), _input_shape(model), config.parity_batches,
+                          config.parity_atol)
+    if not parity.passed:
+        raise VitDeployError(f"parity check failed: ONNX Runtime differs from PyTorch by "
+                             f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}")
+    return audit, parity
+
+
+@contextlib.contextmanager
+def _selection(model: ViT, method: str):
+    """Use ``method`` for token selection while exporting, then restore the model's own."""
+    previous = model.selection
+    model.set_selection(method)
+    try:
+        yield
+    finally:
+        model.set_selection(previous)
 
 
 def _torch_export(model: ViT, path: Path, config: ExportConfig) -> None:

@@ -23,8 +23,12 @@ from vitdeploy.models.vit import ViT
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
+ARTIFACT_REPORTS = ("train.json", "prune.json")
+"""JSON reports that may live in a model directory beside its spec and weights."""
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema")
-_TIMM_HEAD_DIM = 64  # every DeiT/ViT config uses 64-wide heads; used only when no --arch is given
+# Head counts of timm's standard ViT/DeiT widths. Heads leave no trace in weight shapes, so any
+# other width needs --arch.
+_STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -49,16 +53,19 @@ def spec_from_timm_state(state: dict[str, torch.Tensor]) -> ViTSpec:
     """Infer the architecture of an unpruned timm/DeiT state dict from its tensor shapes."""
     _require_keys(state, ("cls_token", "pos_embed", "patch_embed.proj.weight", "head.weight"))
     embed_dim = state["cls_token"].shape[-1]
-    if embed_dim % _TIMM_HEAD_DIM:
-        raise VitDeployError(f"cannot infer the head count for embed dim {embed_dim}; pass --arch NAME")
+    if embed_dim not in _STANDARD_HEADS:
+        raise VitDeployError(f"cannot infer the head count for embed dim {embed_dim} (not a standard "
+                             "DeiT/ViT width); pass --arch NAME")
     distilled = "dist_token" in state
     patch_weight = state["patch_embed.proj.weight"]
     num_patches = state["pos_embed"].shape[1] - (2 if distilled else 1)
     grid = math.isqrt(num_patches)
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
-    heads = embed_dim // _TIMM_HEAD_DIM
+    _require_keys(state, tuple(f"blocks.{i}.mlp.fc1.weight" for i in range(depth)))
+    heads = _STANDARD_HEADS[embed_dim]
+    head_dim = embed_dim // heads
     blocks = [
-        BlockSpec(heads=heads, qk_dim=_TIMM_HEAD_DIM, v_dim=_TIMM_HEAD_DIM,
+        BlockSpec(heads=heads, qk_dim=head_dim, v_dim=head_dim, attn_scale=head_dim**-0.5,
                   mlp_dim=state[f"blocks.{i}.mlp.fc1.weight"].shape[0])
         for i in range(depth)
     ]
@@ -66,7 +73,7 @@ def spec_from_timm_state(state: dict[str, torch.Tensor]) -> ViTSpec:
     return ViTSpec(
         img_size=grid * patch_weight.shape[-1], patch_size=patch_weight.shape[-1], in_chans=in_chans,
         embed_dim=embed_dim, num_classes=state["head.weight"].shape[0], blocks=blocks,
-        distilled=distilled, qkv_bias=f"blocks.0.attn.qkv.bias" in state,
+        distilled=distilled, qkv_bias="blocks.0.attn.qkv.bias" in state,
         mean=ViTSpec.mean[:in_chans], std=ViTSpec.std[:in_chans], name="timm_checkpoint",
     )
 
@@ -77,7 +84,8 @@ def load_state_into(model: ViT, state: dict[str, torch.Tensor], source: str) -> 
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        detail = "; ".join(f"{what} {keys[:3]}" for what, keys in (("missing", missing), ("unexpected", unexpected))
+                           if keys)
         raise VitDeployError(f"{source} does not match the model spec: {detail}")
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
@@ -94,13 +102,22 @@ def load_timm_checkpoint(path: Path, spec: ViTSpec | None = None) -> ViT:
     return load_state_into(ViT(spec), state, str(path))
 
 
-def save_artifact(model: ViT, directory: str | Path, metadata: dict | None = None) -> Path:
-    """Write ``spec.json`` and ``weights.safetensors`` atomically into ``directory``."""
+def save_artifact(model: ViT, directory: str | Path, reports: dict[str, dict] | None = None) -> Path:
+    """Write ``spec.json``, ``weights.safetensors`` and any JSON ``reports`` atomically into ``directory``.
+
+    ``reports`` maps a name from ``ARTIFACT_REPORTS`` (e.g. ``train.json``) to its content.
+    """
     directory = Path(directory)
+    reports = reports or {}
+    unknown = set(reports) - set(ARTIFACT_REPORTS)
+    if unknown:
+        raise ValueError(f"unknown artifact reports {sorted(unknown)}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, owned_names=(SPEC_FILE, WEIGHTS_FILE, *ARTIFACT_REPORTS)) as tmp:
         (tmp / SPEC_FILE).write_text(model.spec.to_json() + "\n")
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"vitdeploy": json.dumps(metadata or {})})
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        for name, report in reports.items():
+            (tmp / name).write_text(json.dumps(report, indent=2) + "\n")
     return directory
 
 

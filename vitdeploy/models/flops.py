@@ -36,14 +36,13 @@ def block_macs(spec: ViTSpec) -> list[BlockMacs]:
     result = []
     for block, n in zip(spec.blocks, spec.tokens_entering()):
         h, qk, v, d = block.heads, block.qk_dim, block.v_dim, spec.embed_dim
-        scored = block.tokens.active and block.tokens.selector != "fixed"
         result.append(BlockMacs(
             tokens=n,
             qkv=n * d * h * (2 * qk + v),
             attention=h * n * n * (qk + v),
             proj=n * h * v * d,
             mlp=2 * n * d * block.mlp_dim,
-            token_scores=h * n * qk if scored else 0,
+            token_scores=h * n * qk if block.tokens.scored else 0,
         ))
     return result
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,8 @@ positions, ``cls_attn`` ranks patch tokens by the class token's attention (see
 ``vitdeploy.tokens``)."""
 
 SPARSITY_PATTERNS = (None, "2:4")
+SELECTION_METHODS = ("topk", "rank")
+"""How a scored token step is realised: TopK with a static k, or a sort-free rank selection."""
 
 
 @dataclass
@@ -42,6 +43,11 @@ class TokenStep:
     def active(self) -> bool:
         return self.keep is not None
 
+    @property
+    def scored(self) -> bool:
+        """True when the step ranks tokens by a score (everything but constant positions)."""
+        return self.active and self.selector != "fixed"
+
 
 @dataclass
 class BlockSpec:
@@ -56,7 +62,7 @@ class BlockSpec:
 
     @property
     def scale(self) -> float:
-        """Softmax scale; pruning keeps the original model's scale, so it is stored explicitly."""
+        """Softmax scale. Specs record the unpruned model's scale, so pruning QK dims keeps it."""
         return self.attn_scale if self.attn_scale is not None else self.qk_dim**-0.5
 
 
@@ -132,9 +138,14 @@ class ViTSpec:
                  f"mean/std need {self.in_chans} values, one per input channel")
         _require(self.sparsity in SPARSITY_PATTERNS,
                  f"unknown sparsity {self.sparsity!r}: choose one of {SPARSITY_PATTERNS}")
+        _require(_is_count(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_classes),
+                 "img_size, patch_size, in_chans, embed_dim and num_classes must be whole numbers")
         entering = self.patch_tokens_entering()
         for index, (block, n_in) in enumerate(zip(self.blocks, entering), start=1):
             _validate_block(block, index, n_in)
+        _require(not self.blocks[-1].tokens.active,
+                 f"block {self.depth} is the last block: the head reads only the class token, so dropping "
+                 "tokens after it changes nothing")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,12 +194,14 @@ def uniform_blocks(depth: int, embed_dim: int, heads: int, mlp_ratio: float = 4.
         raise VitDeployError(f"embed_dim {embed_dim} is not divisible by {heads} heads")
     head_dim = embed_dim // heads
     mlp_dim = int(round(embed_dim * mlp_ratio))
-    return [BlockSpec(heads=heads, qk_dim=head_dim, v_dim=head_dim, mlp_dim=mlp_dim) for _ in range(depth)]
+    return [BlockSpec(heads=heads, qk_dim=head_dim, v_dim=head_dim, mlp_dim=mlp_dim, attn_scale=head_dim**-0.5)
+            for _ in range(depth)]
 
 
 def _validate_block(block: BlockSpec, index: int, n_in: int) -> None:
-    _require(min(block.heads, block.qk_dim, block.v_dim, block.mlp_dim) > 0,
-             f"block {index}: heads, qk_dim, v_dim and mlp_dim must be positive")
+    dims = (block.heads, block.qk_dim, block.v_dim, block.mlp_dim)
+    _require(_is_count(*dims) and min(dims) > 0,
+             f"block {index}: heads, qk_dim, v_dim and mlp_dim must be positive whole numbers")
     step = block.tokens
     _require(step.selector in SELECTORS,
              f"block {index}: unknown token selector {step.selector!r}; choose one of {SELECTORS}")
@@ -197,8 +210,9 @@ def _validate_block(block: BlockSpec, index: int, n_in: int) -> None:
                  f"block {index}: a token selector or package token needs a keep count")
         return
     _require(step.selector != "none", f"block {index}: keep={step.keep} needs a token selector")
-    _require(1 <= step.keep <= n_in,
-             f"block {index}: keep={step.keep} is outside 1..{n_in} (the patch tokens entering it)")
+    _require(_is_count(step.keep) and 1 <= step.keep < n_in,
+             f"block {index}: keep={step.keep} must be a whole number in 1..{n_in - 1} (fewer than the "
+             f"{n_in} patch tokens entering it)")
     if step.selector == "fixed":
         positions = step.positions or []
         _require(len(positions) == step.keep,
@@ -221,12 +235,5 @@ def _require(condition: bool, message: str) -> None:
         raise VitDeployError(message)
 
 
-def keep_count(rate_or_count: float, n_in: int) -> int:
-    """A keep count from either an absolute count (≥ 1, integral) or a rate in (0, 1)."""
-    if rate_or_count >= 1:
-        if rate_or_count != int(rate_or_count):
-            raise VitDeployError(f"keep count {rate_or_count} must be a whole number (or a rate < 1)")
-        return int(rate_or_count)
-    if rate_or_count <= 0:
-        raise VitDeployError(f"keep rate {rate_or_count} must be > 0")
-    return max(1, math.ceil(rate_or_count * n_in))
+def _is_count(*values: object) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)

@@ -14,10 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitdeploy.models.spec import BlockSpec, ViTSpec
+from vitdeploy.models.spec import SELECTION_METHODS, BlockSpec, ViTSpec
 from vitdeploy.tokens import select
-
-SELECTION_METHODS = ("topk", "rank")
 
 
 class PatchEmbed(nn.Module):
@@ -76,8 +74,7 @@ class Block(nn.Module):
             self.register_buffer("keep_positions", torch.tensor(self.step.positions), persistent=False)
 
     def forward(self, x: torch.Tensor, selection: str = "topk") -> torch.Tensor:
-        want_scores = self.step.active and self.step.selector != "fixed"
-        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=want_scores)
+        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=self.step.scored)
         x = x + attn_out
         x = x + self.mlp(self.norm2(x))
         if not self.step.active:

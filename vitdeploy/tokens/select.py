@@ -5,8 +5,9 @@ All of them keep a *static* number of tokens, so exported graphs have fixed per-
 - ``topk``: TopK with a static k (sorted, so the kept tokens come in descending score order);
 - ``rank``: a sort-free selection for targets without TopK. Each token's rank is counted with
   pairwise comparisons, and a one-hot (k × N) matrix built from the ranks gathers the kept
-  tokens with one MatMul. It yields exactly the tokens, and the order, that ``topk`` yields
-  (ties go to the lower index);
+  tokens with one MatMul. Without exact ties it yields the tokens, and the order, that ``topk``
+  yields. Ties go to the lower index, as ONNX's TopK specifies; PyTorch's CPU ``topk`` promises
+  no order among ties, so exactly equal scores at the cut-off can select differently there;
 - ``gather_fixed``: constant positions (a Gather with constant indices);
 - ``package_token``: SPViT's score-weighted average of the dropped tokens, P = Σ n_i·m_i / Σ m_i.
 

@@ -7,45 +7,18 @@ augmentation. With the same seed, thread count and torch build, runs are repeata
 from __future__ import annotations
 
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vitdeploy.data import batches, load_dataset, random_crop_flip
-from vitdeploy.errors import VitDeployError
+from vitdeploy.data import batches, random_crop_flip
+from vitdeploy.evaluate import dataset_for, evaluate
 from vitdeploy.models.vit import ViT
-
-
-@dataclass
-class TrainConfig:
-    data: str = "fashion-mnist"
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    crop_padding: int = 2
-    seed: int = 0
-    threads: int = 2
-    limit: int | None = None
-
-    def validate(self) -> "TrainConfig":
-        if self.epochs < 1 or self.batch_size < 1:
-            raise VitDeployError("--epochs and --batch-size must be at least 1")
-        if not self.lr > 0:
-            raise VitDeployError("--lr must be positive")
-        return self
-
-
-def dataset_for(model: ViT, source: str, split: str, limit: int | None = None, resize: bool = False):
-    spec = model.spec
-    return load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
-                        mean=spec.mean, std=spec.std, resize=resize, limit=limit)
+from vitdeploy.train.config import TrainConfig
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:
@@ -84,24 +57,7 @@ def train(model: ViT, config: TrainConfig, progress: bool = True) -> dict:
         top1 = evaluate(model, test_set)
         history.append({"epoch": epoch + 1, "test_top1": top1, "loss": loss.item()})
         if progress:
-            tqdm.write(f"epoch {epoch + 1}: test top-1 {top1:.4f}")
+            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: test top-1 {top1:.4f}", file=sys.stderr)
     model.eval()
     return {"config": asdict(config), "history": history, "test_top1": history[-1]["test_top1"],
             "train_seconds": round(time.perf_counter() - started, 1)}
-
-
-@torch.no_grad()
-def predict(model: ViT, dataset, batch_size: int = 256, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted labels, true labels) over a whole dataset."""
-    model.eval()
-    predictions, labels = [], []
-    for x, y in tqdm(batches(dataset, batch_size), desc="torch eval", disable=not progress,
-                     total=math.ceil(len(dataset) / batch_size)):
-        predictions.append(model(x).argmax(-1))
-        labels.append(y)
-    return torch.cat(predictions), torch.cat(labels)
-
-
-def evaluate(model: ViT, dataset, batch_size: int = 256) -> float:
-    predictions, labels = predict(model, dataset, batch_size)
-    return (predictions == labels).float().mean().item()

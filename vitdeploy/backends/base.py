@@ -1,0 +1,152 @@
+"""The backend protocol: ``available()``, ``build(source, config) -> Engine``, ``Engine.infer``.
+
+A backend turns a model into something that runs: ONNX Runtime sessions and TensorRT engines
+start from the checked ONNX export, the torch backend from the model itself. ``ModelSource``
+gives each what it needs, exporting lazily. Heavy and GPU libraries are imported inside the
+backend that needs them, never at import time.
+
+Timing goes through the shared harness (``vitdeploy.bench.harness``). An engine therefore
+separates *staging* an input (copies to the device) from *running* it, so that the harness times
+the run alone, and ``synchronize()`` waits for queued device work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from vitdeploy.errors import VitDeployError
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class BuildConfig:
+    """Everything that changes what a backend builds; JSON-serialisable and hashed for caching."""
+
+    precision: str = "fp32"
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1, 8)
+    """Batch sizes the engine must serve: TensorRT's profile spans min..max, opt = the largest."""
+    threads: int | None = 2
+    """CPU threads (ONNX Runtime intra-op, torch); None = the library's default."""
+    sparse_weights: bool = False
+    """Ask for 2:4 sparse kernels (TensorRT SPARSE_WEIGHTS, torch cuSPARSELt). Set from the spec."""
+    workspace_mb: int = 4096
+    cuda_graphs: bool = False
+    compile: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific extras, e.g. {"execution_provider": "CUDAExecutionProvider"}."""
+
+    def validate(self) -> "BuildConfig":
+        if self.precision not in PRECISIONS:
+            raise VitDeployError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.device not in DEVICES:
+            raise VitDeployError(f"unknown device {self.device!r}: choose cpu or cuda")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise VitDeployError("batch sizes must be whole numbers ≥ 1")
+        if self.threads is not None and self.threads < 1:
+            raise VitDeployError("--threads must be at least 1")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        """A stable text form for cache keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+class ModelSource:
+    """A model as the backends see it: a vitdeploy model and/or an .onnx file.
+
+    Built from a MODEL reference (directory, checkpoint, registered name) or an ``.onnx`` path.
+    ``onnx_path()`` exports on first use (with every export check) into ``work_dir``.
+    """
+
+    def __init__(self, ref: str, work_dir: str | Path, model=None):
+        self.ref = ref
+        self.work_dir = Path(work_dir)
+        self._model = model
+        self._onnx = Path(ref) if ref.endswith(".onnx") else None
+        if self._onnx is not None and not self._onnx.is_file():
+            raise VitDeployError(f"{ref}: no such ONNX file")
+
+    @property
+    def name(self) -> str:
+        return Path(self.ref).stem if self._onnx else Path(self.ref).name
+
+    def torch_model(self):
+        if self._model is None:
+            if self._onnx is not None:
+                raise VitDeployError(f"{self.ref}: the torch backend needs a model (directory, checkpoint or "
+                                     "registered name), not an .onnx file")
+            from vitdeploy.models.zoo import load_model
+
+            self._model = load_model(self.ref)
+        return self._model
+
+    def onnx_path(self) -> Path:
+        if self._onnx is None:
+            from vitdeploy.export.onnx import export_onnx
+
+            self._onnx = self.work_dir / f"{_safe_name(self.name)}.onnx"
+            export_onnx(self.torch_model(), self._onnx)
+        return self._onnx
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+        if self._model is not None or self._onnx is None:
+            spec = self.torch_model().spec
+            return (spec.in_chans, spec.img_size, spec.img_size)
+        import onnx
+
+        dims = onnx.load(str(self._onnx), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        shape = tuple(d.dim_value for d in dims[1:])
+        if len(shape) != 3 or not all(shape):
+            raise VitDeployError(f"{self.ref}: expected one image input (batch, C, H, W) with static C, H, W")
+        return shape
+
+
+class Engine(Protocol):
+    """A built model that runs batches."""
+
+    backend: str
+    device_name: str
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run a float32 (B, C, H, W) batch; return float32 logits (B, classes) on the host."""
+
+    def stage(self, batch: np.ndarray) -> Any:
+        """Prepare ``batch`` for ``run`` (copy to the device, bind buffers); not timed."""
+
+    def run(self, staged: Any) -> None:
+        """Run one staged batch; may return before the device finishes (see ``synchronize``)."""
+
+    def synchronize(self) -> None:
+        """Wait until queued work is done (no-op on CPU)."""
+
+    def metadata(self) -> dict:
+        """Library versions, precision, threads, device: recorded with every measurement."""
+
+
+class Backend(Protocol):
+    name: str
+
+    def available(self) -> bool:
+        """True when this backend can build here (library importable, device present)."""
+
+    def unavailable_reason(self) -> str:
+        """Why ``available()`` is False, phrased as what to install or change."""
+
+    def build(self, source: ModelSource, config: BuildConfig) -> Engine:
+        ...
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"

@@ -1,0 +1,1 @@
+"""Benchmarking: the shared timing harness, device facts and reports."""

@@ -1,0 +1,41 @@
+"""Export settings (a light module: the CLI reads its defaults without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vitdeploy.errors import VitDeployError
+from vitdeploy.export.allowlists import TENSORRT_MAX_OPSET
+from vitdeploy.models.spec import SELECTION_METHODS
+
+TARGETS = ("onnxruntime", "tensorrt")
+MIN_OPSET = 18
+"""torch's dynamo exporter writes opset 18 natively; its down-conversion to 17 fails on ViTs."""
+MAX_OPSET = 24
+"""The newest opset exported and checked on ONNX Runtime here (23+ uses the ONNX Attention op)."""
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 18
+    selection: str = "topk"
+    target: str = "onnxruntime"
+    example_batch: int = 2
+    """Batch of the example input; must be ≥ 2 or the exporter specialises the batch axis to 1."""
+    parity_batches: tuple[int, ...] = (1, 3)
+    parity_atol: float = 1e-4
+
+    def validate(self) -> "ExportConfig":
+        if self.selection not in SELECTION_METHODS:
+            raise VitDeployError(f"unknown selection {self.selection!r}: choose {' or '.join(SELECTION_METHODS)}")
+        if self.target not in TARGETS:
+            raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(TARGETS)}")
+        top = TENSORRT_MAX_OPSET if self.target == "tensorrt" else MAX_OPSET
+        if not MIN_OPSET <= self.opset <= min(top, MAX_OPSET):
+            raise VitDeployError(f"opset {self.opset} is not supported for {self.target}: "
+                                 f"choose {MIN_OPSET}..{min(top, MAX_OPSET)}")
+        if self.example_batch < 2:
+            raise VitDeployError("example_batch must be at least 2 so that the batch axis stays dynamic")
+        if not self.parity_batches or min(self.parity_batches) < 1:
+            raise VitDeployError("parity_batches needs at least one batch size ≥ 1")
+        return self

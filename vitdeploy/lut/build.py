@@ -1,0 +1,455 @@
+"""Build latency tables by profiling block parts on a grid, and measure how well they predict.
+
+Each part (see ``table.py`` for the table design) is built from the model's own modules
+(``vitdeploy.models.vit``): LayerNorm + ``Attention`` + residual, LayerNorm + ``Mlp`` + residual,
+a ``Block`` with and without a token step, and a ``ViT`` with no blocks for the stem and heads.
+A part becomes an engine through the chosen backend (ONNX backends get a small single-part
+ONNX graph, the torch backend the module itself) and is timed with the shared harness at the
+table's batch size; the table stores the median.
+
+The attention and MLP parts are exported with a dynamic token axis, so one engine serves every
+token count on the grid: this cuts the number of exports (the slow step on CPU) by the length of
+the token axis. Differences (head-count correction, token step) are timed interleaved
+(``time_interleaved``), so that drift hits both sides of the subtraction alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import itertools
+import json
+import logging
+import math
+import shlex
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vitdeploy.backends import Backend, BuildConfig, Engine, ModelSource, get_backend
+from vitdeploy.bench.device import environment
+from vitdeploy.bench.harness import TimingPlan, random_batch, time_engine, time_interleaved
+from vitdeploy.errors import VitDeployError
+from vitdeploy.lut.table import (
+    PART_AXES, LatencyTable, PartTable, StemGeometry, TableMetadata, load_table, predict, save_table,
+)
+from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
+from vitdeploy.models.vit import Attention, Block, Mlp, ViT
+
+OPSET = 18
+BUILD_PLAN = TimingPlan(warmup=3, iters=15, rounds=3)
+"""Default timing for table builds: medians of 15 runs keep a ~400-point grid near 10 minutes."""
+PROBE_DIM = 8
+"""Per-head and MLP width of the small block that the token-step difference is measured on."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where each part is measured. Axes are increasing; see ``table.py`` for what they mean.
+
+    ``qk_width``/``v_width`` are total widths H·qk and H·v, measured with ``reference_heads``
+    heads (so both must be divisible by it); the ``heads`` correction is measured at
+    ``probe_width`` (embed = H·qk = H·v = probe_width), which every head count must divide.
+    """
+
+    name: str
+    tokens: tuple[int, ...]
+    embed: tuple[int, ...]
+    qk_width: tuple[int, ...]
+    v_width: tuple[int, ...]
+    mlp: tuple[int, ...]
+    heads: tuple[int, ...]
+    reference_heads: int
+    probe_width: int
+    stem: StemGeometry
+
+    def validate(self) -> "Grid":
+        for axis in ("tokens", "embed", "qk_width", "v_width", "mlp", "heads"):
+            values = getattr(self, axis)
+            if not values or min(values) < 1 or list(values) != sorted(set(values)):
+                raise VitDeployError(f"grid {self.name}: {axis} must be positive and strictly increasing")
+        if min(self.tokens) < 3:
+            raise VitDeployError(f"grid {self.name}: token counts must be ≥ 3 (class token + 2 patches)")
+        if any(w % self.reference_heads for w in self.qk_width + self.v_width):
+            raise VitDeployError(f"grid {self.name}: qk/v widths must be divisible by reference_heads "
+                                 f"{self.reference_heads}")
+        if self.reference_heads not in self.heads or any(self.probe_width % h for h in self.heads):
+            raise VitDeployError(f"grid {self.name}: heads must include reference_heads and divide probe_width")
+        return self
+
+    def timing_count(self) -> int:
+        """How many timed measurements a build makes (for the progress bar)."""
+        n, d = len(self.tokens), len(self.embed)
+        return n * d * (len(self.qk_width) * len(self.v_width) + len(self.mlp)) + n + n * d + d
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Grid":
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**{**fields, "stem": StemGeometry(**data["stem"])}).validate()
+
+
+GRIDS = {
+    # DeiT-S-like shapes at 224×224 (197 tokens, D 384, 6 heads of 64, MLP 1536) and pruned
+    # shapes below. N is spaced evenly (the N² error (N − a)(b − N) is then the same everywhere,
+    # under 1 % of a block); D, A, B and M are near-linear, so few points suffice, placed densest
+    # at the small widths where kernels lose efficiency.
+    "cpu-small": Grid(
+        name="cpu-small",
+        tokens=(16, 50, 100, 150, 200),
+        embed=(128, 256, 384),
+        qk_width=(48, 96, 192, 288, 384),
+        v_width=(48, 96, 192, 288, 384),
+        mlp=(96, 384, 768, 1152, 1536),
+        heads=(1, 2, 3, 4, 6, 8, 12),
+        reference_heads=6,
+        probe_width=192,
+        stem=StemGeometry(224, 16, 3, 1000),
+    ),
+    # A few points around tests' tiny 32×32 model (16 patches + class token, D 32): seconds to build.
+    "quick": Grid(
+        name="quick",
+        tokens=(5, 17),
+        embed=(32,),
+        qk_width=(8, 32),
+        v_width=(32,),
+        mlp=(32, 128),
+        heads=(1, 2),
+        reference_heads=2,
+        probe_width=8,
+        stem=StemGeometry(32, 8, 3, 5),
+    ),
+}
+
+
+def default_grid(kind: str) -> Grid:
+    if kind not in GRIDS:
+        raise VitDeployError(f"unknown grid {kind!r}: choose one of {', '.join(GRIDS)}")
+    return GRIDS[kind].validate()
+
+
+def empty_parts(grid: Grid) -> dict[str, PartTable]:
+    """Every part of a table shaped by ``grid``, all values NaN, for a build to fill in."""
+    axes = {
+        "attention": (grid.tokens, grid.embed, grid.qk_width, grid.v_width),
+        "heads": (grid.tokens, grid.heads),
+        "mlp": (grid.tokens, grid.embed, grid.mlp),
+        "token_step": (grid.tokens, grid.embed),
+        "fixed": (grid.embed,),
+    }
+    return {
+        part: PartTable({name: list(values) for name, values in zip(PART_AXES[part], axes[part])},
+                        np.full([len(values) for values in axes[part]], np.nan))
+        for part in PART_AXES
+    }
+
+
+def build_table(backend_name: str, build_config: BuildConfig, grid: Grid, timing_plan: TimingPlan | None = None,
+                device_batch: int = 8, progress: bool = True) -> LatencyTable:
+    """Measure every part of ``grid`` on ``backend_name`` at batch ``device_batch``."""
+    return _build(backend_name, build_config, grid, timing_plan or BUILD_PLAN, device_batch, progress)
+
+
+def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: TimingPlan, device_batch: int,
+           progress: bool, expected_device: str | None = None) -> LatencyTable:
+    grid.validate()
+    backend = get_backend(backend_name)
+    config = replace(build_config, batch_sizes=(device_batch,)).validate()
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-lut-") as work, \
+            tqdm(total=grid.timing_count(), desc=f"latency table {grid.name}", disable=not progress) as bar:
+        profiler = _Profiler(backend, config, plan, device_batch, Path(work), bar, expected_device)
+        parts = empty_parts(grid)
+        _measure_attention(profiler, grid, parts["attention"])
+        _measure_heads(profiler, grid, parts["heads"])
+        _measure_mlp(profiler, grid, parts["mlp"])
+        _measure_token_step(profiler, grid, parts["token_step"])
+        _measure_fixed(profiler, grid, parts["fixed"])
+    metadata = TableMetadata(
+        device=profiler.device_name, backend=backend_name, precision=config.precision, batch=device_batch,
+        threads=config.threads, environment=_environment(config),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), timing_plan=asdict(plan),
+        grid=grid.to_dict(), build_config=config.to_dict(), build_command=shlex.join(sys.argv),
+        engine=profiler.engine_metadata,
+    )
+    return LatencyTable(metadata, grid.reference_heads, grid.stem, **parts)
+
+
+def refresh_table(path: str | Path, timing_plan: TimingPlan | None = None, progress: bool = True) -> LatencyTable:
+    """Re-measure the table at ``path`` with its own grid, backend, build config and batch.
+
+    The file is replaced atomically, and only if this machine is the device the table describes.
+    """
+    old = load_table(path)
+    meta = old.metadata
+    config = BuildConfig(**{**meta.build_config, "batch_sizes": tuple(meta.build_config["batch_sizes"])})
+    plan = timing_plan or TimingPlan(**meta.timing_plan)
+    new = _build(meta.backend, config, Grid.from_dict(meta.grid), plan, meta.batch, progress, meta.device)
+    save_table(new, path)
+    return new
+
+
+def evaluate_table(table: LatencyTable, specs: Sequence[ViTSpec], backend: str, build_config: BuildConfig,
+                   plan: TimingPlan | None = None) -> dict[str, Any]:
+    """Measure whole models built from ``specs`` and compare with the table's predictions.
+
+    Returns one row per spec (predicted, measured, signed error %) and the mean absolute
+    percentage error (MAPE) over them.
+    """
+    meta = table.metadata
+    if backend != meta.backend or build_config.precision != meta.precision:
+        raise VitDeployError(f"the table is for {meta.backend} {meta.precision}; evaluate it with that backend "
+                             "and precision")
+    engine_backend = get_backend(backend)
+    config = replace(build_config, batch_sizes=(meta.batch,)).validate()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-lut-eval-") as work:
+        for spec in specs:
+            source = ModelSource(spec.name, work, model=ViT(spec).eval())
+            engine = engine_backend.build(source, config)
+            measured = time_engine(engine, spec.name, random_batch(meta.batch, source.input_shape()), plan).median_ms
+            predicted = predict(table, spec)
+            rows.append({"name": spec.name, "predicted_ms": predicted["total_ms"], "measured_ms": measured,
+                         "error_pct": 100 * (predicted["total_ms"] - measured) / measured,
+                         "extrapolated": predicted["extrapolated"]})
+    return {"key": list(table.key), "models": rows, "mape_pct": float(np.mean([abs(r["error_pct"]) for r in rows]))}
+
+
+def random_pruned_specs(base_spec: ViTSpec, n: int, seed: int = 0) -> list[ViTSpec]:
+    """``n`` NViT-like pruned variants of ``base_spec``, the same for the same seed.
+
+    Every block keeps its own random share (¼ to all) of heads, per-head qk/v dims and MLP width,
+    dims rounded down to multiples of 8; the original softmax scale is kept, as pruning does.
+    Each spec also gets a random static token plan: up to three cls_attn steps keeping 50–90 % of
+    the patch tokens entering them, some with a package token.
+    """
+    rng = np.random.default_rng(seed)
+    return [_random_pruned_spec(base_spec, rng, f"{base_spec.name}-pruned-s{seed}-{i}") for i in range(n)]
+
+
+def _random_pruned_spec(base: ViTSpec, rng: np.random.Generator, name: str) -> ViTSpec:
+    blocks = [
+        BlockSpec(heads=_shrunk(b.heads, rng, multiple=1), qk_dim=_shrunk(b.qk_dim, rng), v_dim=_shrunk(b.v_dim, rng),
+                  mlp_dim=_shrunk(b.mlp_dim, rng), attn_scale=b.scale)
+        for b in base.blocks
+    ]
+    spec = replace(base, blocks=blocks, name=name)
+    return spec.with_token_plan(_random_token_plan(spec, rng))
+
+
+def _shrunk(dim: int, rng: np.random.Generator, multiple: int = 8, min_share: float = 0.25) -> int:
+    """A random size in [min_share·dim, dim], a multiple of ``multiple`` (dims below it stay)."""
+    if dim < multiple:
+        return dim
+    low = max(1, math.ceil(min_share * dim / multiple))
+    return multiple * int(rng.integers(low, dim // multiple + 1))
+
+
+def _random_token_plan(spec: ViTSpec, rng: np.random.Generator) -> dict[int, TokenStep]:
+    """Steps on blocks other than the last (after it, only the class token is read)."""
+    candidates = spec.depth - 1
+    steps = int(rng.integers(0, min(3, candidates) + 1))
+    plan, patches = {}, spec.num_patches
+    for index in sorted(rng.choice(candidates, size=steps, replace=False).tolist()):
+        patches = max(1, round(float(rng.uniform(0.5, 0.9)) * patches))
+        plan[index] = TokenStep(keep=patches, selector="cls_attn", package=bool(rng.random() < 0.3))
+    return plan
+
+
+class _AttentionPart(nn.Module):
+    """LayerNorm + attention + residual: the first half of a ``Block``."""
+
+    def __init__(self, dim: int, block: BlockSpec, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, block, qkv_bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))[0]
+
+
+class _MlpPart(nn.Module):
+    """LayerNorm + MLP + residual: the second half of a ``Block``."""
+
+    def __init__(self, dim: int, hidden: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class _PartSource(ModelSource):
+    """One block part as a ``ModelSource``; its input is activations (batch, tokens, embed).
+
+    ``onnx_path()`` exports the part alone (no whole-model checks: there is no image input and
+    no token plan to audit), with a dynamic token axis if asked.
+    """
+
+    def __init__(self, module: nn.Module, name: str, work_dir: Path, example: tuple[int, int, int],
+                 dynamic_tokens: bool):
+        super().__init__(name, work_dir, model=module.eval())
+        self.example, self.dynamic_tokens = example, dynamic_tokens
+        self._part_onnx: Path | None = None
+
+    def onnx_path(self) -> Path:
+        if self._part_onnx is None:
+            self._part_onnx = self.work_dir / f"{self.name}.onnx"
+            _export_part(self.torch_model(), self._part_onnx, self.example, self.dynamic_tokens)
+        return self._part_onnx
+
+    def input_shape(self) -> tuple[int, int]:
+        return self.example[1:]
+
+
+def _export_part(module: nn.Module, path: Path, example: tuple[int, int, int], dynamic_tokens: bool) -> None:
+    dynamic_shapes = ({1: torch.export.Dim("tokens", min=2)},) if dynamic_tokens else None
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(module, (torch.zeros(example),), dynamo=True, opset_version=OPSET,
+                                    input_names=["input"], output_names=["output"],
+                                    dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+    program.save(str(path))
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter prints progress and warns per missing optional library; hide both."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class _Profiler:
+    """Builds engines through one backend and times them at the table's batch size."""
+
+    def __init__(self, backend: Backend, config: BuildConfig, plan: TimingPlan, batch: int, work_dir: Path, bar: tqdm,
+                 expected_device: str | None):
+        self.backend, self.config, self.plan, self.batch = backend, config, plan, batch
+        self.work_dir, self.bar, self.expected_device = work_dir, bar, expected_device
+        self.device_name = ""
+        self.engine_metadata: dict[str, Any] = {}
+
+    def engine(self, source: ModelSource) -> Engine:
+        engine = self.backend.build(source, self.config)
+        if not self.device_name:
+            self.device_name, self.engine_metadata = engine.device_name, engine.metadata()
+            if self.expected_device not in (None, self.device_name):
+                raise VitDeployError(f"the table was measured on {self.expected_device!r}, but this machine is "
+                                     f"{self.device_name!r}: build a new table instead of refreshing this one")
+        return engine
+
+    def part_engine(self, module: nn.Module, name: str, tokens: int, embed: int, dynamic_tokens: bool) -> Engine:
+        return self.engine(_PartSource(module, name, self.work_dir, (self.batch, tokens, embed), dynamic_tokens))
+
+    def median_ms(self, engine: Engine, name: str, input_shape: tuple[int, ...]) -> float:
+        measurement = time_engine(engine, name, random_batch(self.batch, input_shape), self.plan)
+        self.bar.update()
+        return measurement.median_ms
+
+    def medians_interleaved(self, engines: dict[str, Engine], input_shape: tuple[int, ...]) -> dict[str, float]:
+        measurements = time_interleaved(engines, random_batch(self.batch, input_shape), self.plan)
+        self.bar.update()
+        return {name: m.median_ms for name, m in measurements.items()}
+
+
+def _measure_over_tokens(profiler: _Profiler, grid: Grid, part: PartTable, name: str,
+                         make_module: Callable[..., nn.Module]) -> None:
+    """Fill ``part`` (tokens first, then embed and other axes): one dynamic-token engine per
+    combination of the other axes, timed at every token count."""
+    other_axes = dict(list(part.axes.items())[1:])
+    for index in np.ndindex(*(len(values) for values in other_axes.values())):
+        point = {axis: int(values[i]) for (axis, values), i in zip(other_axes.items(), index)}
+        label = "-".join([name, *(f"{axis}{value}" for axis, value in point.items())])
+        engine = profiler.part_engine(make_module(**point), label, grid.tokens[-1], point["embed"], dynamic_tokens=True)
+        for t, tokens in enumerate(grid.tokens):
+            part.ms[(t, *index)] = profiler.median_ms(engine, f"{label}-n{tokens}", (tokens, point["embed"]))
+
+
+def _attention_block(qk_width: int, v_width: int, heads: int) -> BlockSpec:
+    return BlockSpec(heads=heads, qk_dim=qk_width // heads, v_dim=v_width // heads, mlp_dim=PROBE_DIM)
+
+
+def _measure_attention(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
+    def make(embed: int, qk_width: int, v_width: int) -> nn.Module:
+        return _AttentionPart(embed, _attention_block(qk_width, v_width, grid.reference_heads))
+
+    _measure_over_tokens(profiler, grid, part, "attention", make)
+
+
+def _measure_mlp(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
+    _measure_over_tokens(profiler, grid, part, "mlp", lambda embed, mlp: _MlpPart(embed, mlp))
+
+
+def _measure_heads(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
+    """Attention at probe width split into H heads, minus the same with ``reference_heads``."""
+    width = grid.probe_width
+    engines = {
+        f"heads{h}": profiler.part_engine(_AttentionPart(width, _attention_block(width, width, h)), f"heads{h}",
+                                          grid.tokens[-1], width, dynamic_tokens=True)
+        for h in grid.heads
+    }
+    for t, tokens in enumerate(grid.tokens):
+        medians = profiler.medians_interleaved(engines, (tokens, width))
+        reference = medians[f"heads{grid.reference_heads}"]
+        part.ms[t] = [medians[f"heads{h}"] - reference for h in grid.heads]
+
+
+def _measure_token_step(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
+    """A small block with a cls_attn step keeping half its patch tokens, minus the same block
+    without a step (static token counts: the step's TopK k is a constant)."""
+    for (t, tokens), (e, embed) in itertools.product(enumerate(grid.tokens), enumerate(grid.embed)):
+        patches = tokens - 1
+        step = TokenStep(keep=max(1, patches // 2), selector="cls_attn")
+        spec = _probe_spec(grid.stem, embed)
+        engines = {
+            label: profiler.part_engine(Block(spec, replace(spec.blocks[0], tokens=s), patches),
+                                        f"token-step-{label}-n{tokens}-embed{embed}", tokens, embed, dynamic_tokens=False)
+            for label, s in (("with", step), ("without", TokenStep()))
+        }
+        medians = profiler.medians_interleaved(engines, (tokens, embed))
+        part.ms[t, e] = max(0.0, medians["with"] - medians["without"])
+
+
+def _measure_fixed(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
+    """A ``ViT`` of the grid's geometry with its blocks removed: stem, final norm and heads."""
+    for e, embed in enumerate(grid.embed):
+        model = ViT(replace(_probe_spec(grid.stem, embed), distilled=grid.stem.distilled))
+        model.blocks = nn.ModuleList()
+        source = ModelSource(f"fixed-embed{embed}", profiler.work_dir, model=model.eval())
+        part.ms[e] = profiler.median_ms(profiler.engine(source), source.name, source.input_shape())
+
+
+def _probe_spec(stem: StemGeometry, embed: int) -> ViTSpec:
+    """A one-block spec of the stem's geometry with a minimal block (the block itself is not timed
+    for the fixed part, and is the small carrier of the token-step difference)."""
+    block = BlockSpec(heads=1, qk_dim=PROBE_DIM, v_dim=PROBE_DIM, mlp_dim=PROBE_DIM)
+    return ViTSpec(img_size=stem.img_size, patch_size=stem.patch_size, in_chans=stem.in_chans, embed_dim=embed,
+                   num_classes=stem.num_classes, blocks=[block], mean=(0.5,) * stem.in_chans,
+                   std=(0.5,) * stem.in_chans, name="lut-probe").validate()
+
+
+def _environment(config: BuildConfig) -> dict[str, Any]:
+    """The machine and library versions, plus the exporter's and vitdeploy's own versions."""
+    versions = {}
+    for name in ("onnx", "vitdeploy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return {**environment(config.threads), **versions}

@@ -1,0 +1,289 @@
+"""Latency lookup tables: schema, multilinear interpolation, prediction for a whole ``ViTSpec``.
+
+A table holds measured medians (ms) for the parts a ViT block is made of, each on a small grid,
+and predicts any block by interpolating linearly along every axis (multilinear interpolation).
+
+Why the grid can be small. Per block (see ``vitdeploy.models.flops``) with N tokens, embed D,
+A = H·qk and B = H·v, the MACs are ``N·D·(2A + B) + N·B·D + N²·(A + B)`` for attention and
+``2·N·D·M`` for the MLP. Every term except N² is *multilinear* in the axes, so multilinear
+interpolation reproduces a MAC-proportional latency exactly; the only interpolation error of the
+cost model comes from N² (between grid points a < N < b it is ``(N − a)(b − N)`` per unit of N²
+cost) and from real kernel-efficiency changes, which is where grid points must be placed.
+
+Parts (each a ``PartTable``):
+
+- ``attention`` over (tokens N, embed D, qk_width A = H·qk, v_width B = H·v): LayerNorm +
+  attention + residual, measured with ``reference_heads`` heads (per-head dims A/H_ref, B/H_ref).
+  Parametrising by the *total* widths keeps every MAC term multilinear; the head count enters
+  only through per-head overheads (softmax over H·N² scores, per-head matmul efficiency).
+- ``heads`` over (tokens N, heads H): the change in attention latency when the same total widths
+  are split into H heads instead of ``reference_heads`` (measured interleaved at one probe width,
+  so 0 at H_ref), added to ``attention``. It assumes the head-count effect does not depend on D,
+  A or B, a first-order correction that is exact for the softmax term.
+- ``mlp`` over (tokens N, embed D, mlp M): LayerNorm + MLP + residual.
+- ``token_step`` over (tokens N, embed D): the extra cost of a block's token step (class-token
+  attention row, TopK, gather, concat), measured as (block with a cls_attn step keeping half the
+  patch tokens) − (the same block without). Used for every active step; a ``fixed`` step (a
+  Gather only) costs less, a package token slightly more.
+- ``fixed`` over (embed D): patch embedding, class/distillation tokens, position embedding, final
+  norm and classifier head(s) for one input geometry (``StemGeometry``).
+
+Values are stored rounded to 4 significant digits, flattened in C order (last axis fastest).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from vitdeploy.bench.device import device_slug
+from vitdeploy.errors import VitDeployError
+from vitdeploy.io import write_json_atomic
+from vitdeploy.models.spec import ViTSpec
+
+SCHEMA_VERSION = 1
+SIGNIFICANT_DIGITS = 4
+TABLES_DIR = Path("latency_tables")
+
+PART_AXES: dict[str, tuple[str, ...]] = {
+    "attention": ("tokens", "embed", "qk_width", "v_width"),
+    "heads": ("tokens", "heads"),
+    "mlp": ("tokens", "embed", "mlp"),
+    "token_step": ("tokens", "embed"),
+    "fixed": ("embed",),
+}
+SIGNED_PARTS = ("heads",)
+"""Parts that store differences, which may be negative."""
+
+
+@dataclass
+class PartTable:
+    """Medians (ms) of one part on a grid: ``axes`` name → increasing values; ``ms`` their product."""
+
+    axes: dict[str, list[float]]
+    ms: np.ndarray
+
+    def interpolate(self, point: Mapping[str, float]) -> tuple[float, list[str]]:
+        """Multilinear interpolation at ``point``; also the axes it had to extrapolate along.
+
+        Beyond the grid, each axis is extended linearly from its edge interval (an axis with a
+        single value is constant), and the position is reported as extrapolated.
+        """
+        located, outside = [], []
+        for name, values in self.axes.items():
+            x = float(point[name])
+            located.append(_locate(values, x))
+            if not values[0] <= x <= values[-1]:
+                outside.append(f"{name}={x:g} outside [{values[0]:g}, {values[-1]:g}]")
+        value = 0.0
+        for corner in itertools.product((0, 1), repeat=len(located)):
+            weight = math.prod(t if side else 1.0 - t for (_, t), side in zip(located, corner))
+            if weight:
+                value += weight * float(self.ms[tuple(i + side for (i, _), side in zip(located, corner))])
+        return value, outside
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": {name: list(values) for name, values in self.axes.items()},
+                "ms": [_round_significant(v) for v in self.ms.ravel().tolist()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], part: str) -> "PartTable":
+        axes = data["axes"]
+        if list(axes) != list(PART_AXES[part]):
+            raise ValueError(f"{part}: axes must be {list(PART_AXES[part])}, found {list(axes)}")
+        for name, values in axes.items():
+            if not values or any(not _is_positive_number(v) for v in values) or values != sorted(set(values)):
+                raise ValueError(f"{part}.{name}: axis values must be positive and strictly increasing")
+        shape = tuple(len(values) for values in axes.values())
+        ms = np.asarray(data["ms"], dtype=np.float64)
+        if ms.size != math.prod(shape):
+            raise ValueError(f"{part}: {ms.size} values for a grid of {math.prod(shape)} points")
+        if not np.all(np.isfinite(ms)) or (part not in SIGNED_PARTS and np.any(ms < 0)):
+            raise ValueError(f"{part}: latencies must be finite" + ("" if part in SIGNED_PARTS else " and ≥ 0"))
+        return cls({name: list(values) for name, values in axes.items()}, ms.reshape(shape))
+
+
+@dataclass(frozen=True)
+class StemGeometry:
+    """What the ``fixed`` part (patch embedding and classifier heads) was measured for."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    distilled: bool = False
+
+    @classmethod
+    def of(cls, spec: ViTSpec) -> "StemGeometry":
+        return cls(spec.img_size, spec.patch_size, spec.in_chans, spec.num_classes, spec.distilled)
+
+
+@dataclass
+class TableMetadata:
+    """Where and how a table was measured; ``device, backend, precision, batch`` is its key."""
+
+    device: str
+    backend: str
+    precision: str
+    batch: int
+    threads: int | None
+    environment: dict[str, Any]
+    """``vitdeploy.bench.device.environment()``: CPU/GPU, OS, library versions, thread count."""
+    created: str
+    timing_plan: dict[str, Any]
+    grid: dict[str, Any]
+    build_config: dict[str, Any]
+    build_command: str
+    engine: dict[str, Any] = field(default_factory=dict)
+    """The first part engine's own ``Engine.metadata()`` (backend options, providers…)."""
+
+    def __post_init__(self) -> None:
+        """Hold the dict fields in their JSON form (lists, not tuples), as a loaded table does."""
+        for name in ("environment", "timing_plan", "grid", "build_config", "engine"):
+            setattr(self, name, json.loads(json.dumps(getattr(self, name))))
+
+
+@dataclass
+class LatencyTable:
+    metadata: TableMetadata
+    reference_heads: int
+    stem: StemGeometry
+    fixed: PartTable
+    attention: PartTable
+    heads: PartTable
+    mlp: PartTable
+    token_step: PartTable
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        m = self.metadata
+        return (m.device, m.backend, m.precision, m.batch)
+
+    def part(self, name: str) -> PartTable:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "metadata": asdict(self.metadata),
+                "reference_heads": self.reference_heads, "stem": asdict(self.stem),
+                **{name: self.part(name).to_dict() for name in PART_AXES}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LatencyTable":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        table = cls(TableMetadata(**data["metadata"]), int(data["reference_heads"]),
+                    StemGeometry(**data["stem"]),
+                    **{name: PartTable.from_dict(data[name], name) for name in PART_AXES})
+        if table.reference_heads not in table.heads.axes["heads"]:
+            raise ValueError(f"reference_heads {table.reference_heads} is not on the heads axis")
+        return table
+
+
+@dataclass(frozen=True)
+class BlockPrediction:
+    """Predicted latency of one block: the sum of its parts, and any axes extrapolated."""
+
+    ms: float
+    parts: dict[str, float]
+    extrapolated: tuple[str, ...]
+
+
+def predict_block(table: LatencyTable, tokens: int, embed: int, heads: int, qk: int, v: int, mlp: int,
+                  token_step: bool = False) -> BlockPrediction:
+    """Latency (ms) of one block with ``tokens`` entering; ``qk``/``v`` are per-head dims."""
+    points = {
+        "attention": {"tokens": tokens, "embed": embed, "qk_width": heads * qk, "v_width": heads * v},
+        "heads": {"tokens": tokens, "heads": heads},
+        "mlp": {"tokens": tokens, "embed": embed, "mlp": mlp},
+    }
+    if token_step:
+        points["token_step"] = {"tokens": tokens, "embed": embed}
+    parts, extrapolated = {}, []
+    for part, point in points.items():
+        parts[part], outside = table.part(part).interpolate(point)
+        extrapolated += [f"{part}.{axis}" for axis in outside]
+    parts["attention"] = max(0.0, parts["attention"] + parts.pop("heads"))
+    parts = {name: max(0.0, ms) for name, ms in parts.items()}
+    return BlockPrediction(sum(parts.values()), parts, tuple(extrapolated))
+
+
+def predict(table: LatencyTable, spec: ViTSpec, include_fixed: bool = True) -> dict[str, Any]:
+    """Predicted latency of a whole model: total ms, the fixed part, and one entry per block.
+
+    Token plans are followed through ``spec.tokens_entering()``; a block with an active token
+    step adds the ``token_step`` part. ``include_fixed=False`` predicts the blocks only, for a
+    spec whose input geometry differs from the table's (latency *differences*, as latency-aware
+    pruning uses them, do not need the fixed part).
+    """
+    blocks, extrapolated = [], []
+    for index, (block, tokens) in enumerate(zip(spec.blocks, spec.tokens_entering()), start=1):
+        result = predict_block(table, tokens, spec.embed_dim, block.heads, block.qk_dim, block.v_dim,
+                               block.mlp_dim, token_step=block.tokens.active)
+        blocks.append({"block": index, "tokens": tokens, "ms": result.ms, **{f"{k}_ms": v for k, v in result.parts.items()}})
+        extrapolated += [f"block {index}: {axis}" for axis in result.extrapolated]
+    fixed_ms = _predict_fixed(table, spec, extrapolated) if include_fixed else 0.0
+    return {"total_ms": fixed_ms + sum(b["ms"] for b in blocks), "fixed_ms": fixed_ms, "blocks": blocks,
+            "extrapolated": extrapolated}
+
+
+def _predict_fixed(table: LatencyTable, spec: ViTSpec, extrapolated: list[str]) -> float:
+    geometry = StemGeometry.of(spec)
+    if geometry != table.stem:
+        raise VitDeployError(f"the table's fixed part was measured for {asdict(table.stem)}, but the model has "
+                             f"{asdict(geometry)}: predict with include_fixed=False (blocks only) or build a "
+                             "table for this geometry")
+    ms, outside = table.fixed.interpolate({"embed": spec.embed_dim})
+    extrapolated += [f"fixed.{axis}" for axis in outside]
+    return max(0.0, ms)
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """Read and validate a table; any problem with the file raises ``VitDeployError``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("the top level is not a JSON object")
+        return LatencyTable.from_dict(data)
+    except FileNotFoundError:
+        raise VitDeployError(f"{path}: no such latency table; build one with `vitdeploy lut build`") from None
+    except json.JSONDecodeError as exc:
+        raise VitDeployError(f"{path}: not valid JSON ({exc}); rebuild it with `vitdeploy lut build`") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise VitDeployError(f"{path}: not a valid latency table ({detail}); rebuild it with "
+                             "`vitdeploy lut build`") from None
+
+
+def save_table(table: LatencyTable, path: str | Path) -> None:
+    """Write ``table`` atomically (values rounded to 4 significant digits)."""
+    write_json_atomic(path, table.to_dict())
+
+
+def table_path(metadata: TableMetadata, root: str | Path = TABLES_DIR) -> Path:
+    """``<root>/<device-slug>-<backend>-<precision>.json``."""
+    return Path(root) / f"{device_slug(metadata.device)}-{metadata.backend}-{metadata.precision}.json"
+
+
+def _locate(values: list[float], x: float) -> tuple[int, float]:
+    """Left index i and weight t with x = (1 − t)·values[i] + t·values[i + 1] (t outside [0, 1]
+    beyond the grid); a single-value axis gives (0, 0)."""
+    if len(values) == 1:
+        return 0, 0.0
+    i = int(np.clip(np.searchsorted(values, x, side="right") - 1, 0, len(values) - 2))
+    return i, (x - values[i]) / (values[i + 1] - values[i])
+
+
+def _round_significant(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0

@@ -1,0 +1,37 @@
+"""Training settings (a light module: the CLI reads its defaults without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vitdeploy.errors import VitDeployError
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fmnist_vit"
+    data: str = "fashion-mnist"
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    crop_padding: int = 2
+    seed: int = 0
+    threads: int = 2
+    limit: int | None = None
+
+    def validate(self) -> "TrainConfig":
+        if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
+            raise VitDeployError("--epochs, --batch-size and --threads must be at least 1")
+        if not self.lr > 0:
+            raise VitDeployError("--lr must be positive")
+        return self
+
+    def command(self, out: str) -> str:
+        """The exact ``vitdeploy train`` command that reproduces a run with this config."""
+        return (f"vitdeploy train --model {self.model} --data {self.data} --out {out} --epochs {self.epochs} "
+                f"--batch-size {self.batch_size} --lr {self.lr} --seed {self.seed} --threads {self.threads}"
+                + (f" --limit {self.limit}" if self.limit else ""))
