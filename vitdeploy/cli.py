@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_rewrite(sub)
+    _add_bench(sub)
     _add_run(sub)
     return parser
 
@@ -221,6 +222,52 @@ def _run_rewrite(args) -> None:
     audit = "passed" if report["audit"]["passed"] else "FAILED: " + "; ".join(report["audit"]["violations"])
     _print_json_or(args, report, f"wrote {args.out}: {len(report['applied'])} argsort pattern(s) rewritten, "
                                  f"audit {audit}")
+
+
+# --- bench -----------------------------------------------------------------------------------
+
+def _add_bench(sub) -> None:
+    from vitdeploy.backends.base import DEVICES, PRECISIONS
+    from vitdeploy.bench.harness import TimingPlan
+
+    d = TimingPlan()
+    p = sub.add_parser("bench", help="measure latency and throughput of one or more models, interleaved",
+                       description="Build every MODEL on one backend, then time them interleaved (rotating rounds in "
+                                   "one process) at each batch size: median/p90/p99 latency and throughput, with "
+                                   "ratios to the first model. Writes OUT.json, OUT.md and OUT.png.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP + ", or an exported .onnx file")
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime, torch or tensorrt (default: %(default)s)")
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--device", choices=DEVICES, help="default: cuda for tensorrt, else cpu")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs per model (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=d.iters, help="timed runs per model and batch (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaving rounds (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="torch backend: torch.compile")
+    p.add_argument("--cuda-graphs", action="store_true", help="torch backend: replay CUDA graphs")
+    p.add_argument("--out", help="write OUT.json, OUT.md and OUT.png (default: print only)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> None:
+    import tempfile
+
+    from vitdeploy.backends import BuildConfig
+    from vitdeploy.bench.harness import TimingPlan
+    from vitdeploy.bench.report import markdown_report, write_result
+    from vitdeploy.bench.run import bench_models, parse_batches
+
+    device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
+    config = BuildConfig(precision=args.precision, device=device, batch_sizes=parse_batches(args.batch),
+                         threads=args.threads, compile=args.compile, cuda_graphs=args.cuda_graphs)
+    plan = TimingPlan(warmup=args.warmup, iters=args.iters, rounds=args.rounds)
+    with tempfile.TemporaryDirectory() as work_dir:
+        result = bench_models(args.models, args.backend, config, plan, Path(work_dir), progress=sys.stderr.isatty())
+    if args.out:
+        write_result(result, Path(args.out))
+    _print_json_or(args, result.to_dict(), markdown_report(result))
 
 
 # --- run (pipeline recipes) -------------------------------------------------------------------

@@ -185,7 +185,7 @@ def _rows_by_series(rows: list[dict]) -> dict[SeriesKey, list[dict]]:
 
 
 def _gmacs(macs: int | None) -> str:
-    return "" if macs is None else f"{macs / 1e9:.2f}"
+    return "" if macs is None else f"{macs / 1e9:.3g}"
 
 
 def _ratio(ratio: float | None) -> str:

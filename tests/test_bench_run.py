@@ -1,0 +1,62 @@
+"""``vitdeploy bench``: real runs on ONNX Runtime CPU (no speed assertions) and its user errors."""
+
+import json
+
+import pytest
+
+from tests.conftest import tiny_model
+from tests.test_cli import run_cli
+from vitdeploy.backends import BuildConfig, ModelSource
+from vitdeploy.bench.harness import TimingPlan
+from vitdeploy.bench.run import bench_sources, parse_batches
+from vitdeploy.errors import VitDeployError
+from vitdeploy.export.onnx import export_onnx
+from vitdeploy.models.checkpoint import save_artifact
+from vitdeploy.tokens.plan import apply_keep_plan
+
+QUICK = TimingPlan(warmup=1, iters=4, rounds=2)
+
+
+def test_interleaved_bench_of_model_and_pruned_variant(tmp_path):
+    base = tiny_model()
+    sources = {"base": ModelSource("base", tmp_path, model=base),
+               "pruned": ModelSource("pruned", tmp_path, model=apply_keep_plan(base, "1:0.5"))}
+    result = bench_sources(sources, "onnxruntime", BuildConfig(batch_sizes=(1, 2)), QUICK).to_dict()
+    rows = {(r["name"], r["batch"]): r for r in result["rows"]}
+    assert set(rows) == {(n, b) for n in ("base", "pruned") for b in (1, 2)}
+    assert rows[("base", 2)]["ratio_to_first"] == 1.0 and rows[("pruned", 2)]["ratio_to_first"] > 0
+    assert all(r["iters"] == 4 for r in rows.values())
+    assert rows[("pruned", 1)]["macs"] < rows[("base", 1)]["macs"]
+    assert result["config"]["build"]["threads"] == 2 and result["environment"]["cpu"]
+
+
+def test_cli_bench_writes_json_markdown_and_plot(tmp_path):
+    save_artifact(tiny_model(), tmp_path / "m")
+    export_onnx(tiny_model(), tmp_path / "m.onnx")
+    result = run_cli("bench", tmp_path / "m", tmp_path / "m.onnx", "--batch", "1,2", "--iters", "4",
+                     "--rounds", "2", "--warmup", "1", "--out", tmp_path / "res")
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "res.json").read_text())
+    assert {r["name"] for r in saved["rows"]} == {"m", "m#2"}
+    assert (tmp_path / "res.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "### batch 2" in (tmp_path / "res.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.onnx"], "no such ONNX file"),
+    (["fmnist_vit", "--backend", "tensorrt"], "not available here"),
+    (["fmnist_vit", "--batch", "8,zero"], "comma-separated batch sizes"),
+    (["fmnist_vit", "--batch", "0"], "comma-separated batch sizes"),
+    (["fmnist_vit", "--backend", "mxnet"], "unknown backend"),
+    (["fmnist_vit", "--iters", "0"], "iters ≥ 1"),
+])
+def test_bench_user_errors_exit_2(args, message):
+    result = run_cli("bench", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_parse_batches():
+    assert parse_batches("1, 8,32") == (1, 8, 32)
+    with pytest.raises(VitDeployError):
+        parse_batches("")

@@ -1,0 +1,90 @@
+"""``vitdeploy bench``: build each model once, then time all of them interleaved per batch size."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vitdeploy.backends import BuildConfig, ModelSource, get_backend
+from vitdeploy.bench.harness import Measurement, TimingPlan, random_batch, time_interleaved
+from vitdeploy.bench.report import BenchResult
+from vitdeploy.errors import VitDeployError
+from vitdeploy.models.flops import total_macs
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,8,32' → (1, 8, 32)."""
+    try:
+        batches = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        raise VitDeployError(f"--batch {text!r}: give comma-separated batch sizes ≥ 1, e.g. 1,8,32")
+    return batches
+
+
+def bench_models(refs: list[str], backend_name: str, config: BuildConfig, plan: TimingPlan, work_dir: Path,
+                 progress: bool = False) -> BenchResult:
+    """Measure every model reference at every batch size in ``config``; ratios are to the first."""
+    return bench_sources(_sources(refs, work_dir), backend_name, config, plan, progress)
+
+
+def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: BuildConfig, plan: TimingPlan,
+                  progress: bool = False) -> BenchResult:
+    """Measure named model sources at every batch size in ``config``; ratios are to the first."""
+    config.validate()
+    plan.validate()
+    backend = get_backend(backend_name, require_available=False)
+    if not backend.available(config.device):
+        raise VitDeployError(f"backend {backend_name} is not available here: "
+                             f"{backend.unavailable_reason(config.device)}")
+    shape = _common_input_shape(sources)
+    engines = {name: backend.build(source, config) for name, source in sources.items()}
+    measurements: list[Measurement] = []
+    bar = tqdm(total=len(config.batch_sizes) * plan.rounds, desc="bench", disable=not progress)
+    for batch in config.batch_sizes:
+        bar.set_postfix(batch=batch)
+        timed = time_interleaved(engines, random_batch(batch, shape), plan, on_round=lambda _: bar.update())
+        measurements.extend(timed.values())
+    bar.close()
+    title = f"{backend_name} {config.precision} on {config.device}: " + ", ".join(sources)
+    bench_config = {"backend": backend_name, "models": {n: s.ref for n, s in sources.items()},
+                    "build": config.to_dict(), "timing": asdict(plan),
+                    "threads": config.threads}
+    return BenchResult.from_measurements(title, measurements, bench_config, macs=_macs(sources))
+
+
+def _sources(refs: list[str], work_dir: Path) -> dict[str, ModelSource]:
+    if not refs:
+        raise VitDeployError("give at least one model to benchmark")
+    sources: dict[str, ModelSource] = {}
+    for ref in refs:
+        source = ModelSource(ref, work_dir)
+        name, n = source.name, 2
+        while name in sources:
+            name, n = f"{source.name}#{n}", n + 1
+        sources[name] = source
+    return sources
+
+
+def _common_input_shape(sources: dict[str, ModelSource]) -> tuple[int, int, int]:
+    shapes = {name: source.input_shape() for name, source in sources.items()}
+    if len(set(shapes.values())) > 1:
+        raise VitDeployError(f"models take different input shapes ({shapes}); benchmark them separately")
+    return next(iter(shapes.values()))
+
+
+def _macs(sources: dict[str, ModelSource]) -> dict[str, int]:
+    """MACs per image: from the spec, or from the export report beside an .onnx file."""
+    macs = {}
+    for name, source in sources.items():
+        if not source.ref.endswith(".onnx"):
+            macs[name] = total_macs(source.torch_model().spec)
+            continue
+        report = Path(source.ref).with_name(Path(source.ref).stem + ".export.json")
+        if report.is_file():
+            macs[name] = json.loads(report.read_text()).get("macs")
+    return macs
