@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from vitdeploy.backends.base import BuildConfig, ModelSource
-from vitdeploy.bench.device import cpu_name
+from vitdeploy.bench.device import device_name
 from vitdeploy.errors import VitDeployError
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -130,14 +130,3 @@ def execution_providers(config: BuildConfig, available: list[str]) -> list:
                                  "here: pass --precision fp32 or use --backend tensorrt")
         return [(TENSORRT_PROVIDER, {"trt_fp16_enable": True}), CUDA_PROVIDER, CPU_PROVIDER]
     return [*gpu_providers, CPU_PROVIDER]
-
-
-def device_name(device: str) -> str:
-    """The CPU's model name, or the GPU's name as torch reports it."""
-    if device == "cuda":
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name()
-        return "CUDA GPU (name unknown: torch sees no GPU)"
-    return cpu_name()

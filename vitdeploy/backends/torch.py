@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vitdeploy.backends.base import BuildConfig, ModelSource
-from vitdeploy.bench.device import cpu_name
+from vitdeploy.bench.device import device_name
 from vitdeploy.errors import VitDeployError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -206,7 +206,3 @@ def apply_threads(config: BuildConfig) -> None:
     """Set torch's (process-wide) CPU thread count to the config's, if it names one."""
     if config.device == "cpu" and config.threads is not None and torch.get_num_threads() != config.threads:
         torch.set_num_threads(config.threads)
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()

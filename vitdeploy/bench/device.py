@@ -110,3 +110,11 @@ def environment(threads: int | None = None) -> dict:
         "threads": threads,
         "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def device_name(device: str) -> str:
+    """The name of the device a backend runs on: the CPU's model name, or the GPU's as torch reports it."""
+    if device != "cuda":
+        return cpu_name()
+    info = gpu_info()
+    return info["name"] if info else "CUDA GPU (name unknown: torch sees no GPU)"
