@@ -11,16 +11,12 @@
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import onnxruntime
-import torch
-
+from vitdeploy.bench.device import environment
 from vitdeploy.evaluate import EvalOptions, evaluate_model
 from vitdeploy.export.onnx import ExportConfig, export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
@@ -32,12 +28,6 @@ from vitdeploy.tokens.plan import apply_keep_plan
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 DEIT_PLAN = "4:0.7,7:0.7,10:0.7"
-
-
-def environment() -> dict:
-    return {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%d")}
 
 
 def reference_accuracy() -> dict:
@@ -76,7 +66,7 @@ def main() -> None:
         recipe = run_recipe(load_recipe(ROOT / "export" / "default.json"), Path(tmp))
     for variant in recipe["variants"]:
         variant.pop("onnx")
-    result = {"environment": environment(), "reference_accuracy": accuracy, "deit_small_export": exports,
+    result = {"environment": environment(threads=2), "reference_accuracy": accuracy, "deit_small_export": exports,
               "default_recipe": recipe, "command": "python benchmarks/foundation.py"}
     write_json_atomic(RESULTS / "foundation-cpu.json", result)
     table = markdown(accuracy, exports, recipe)

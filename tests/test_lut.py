@@ -39,7 +39,7 @@ def metadata(**overrides) -> TableMetadata:
 def synthetic_table(grid: Grid = GRID, **functions) -> LatencyTable:
     """A table whose parts hold ``functions[part](**axes)`` (default: a multilinear cost model)."""
     defaults = {
-        "attention": lambda tokens, embed, qk_width, v_width: 0.5 + 1e-4 * attention_macs(tokens, embed, qk_width, v_width),
+        "attention": lambda **axes: 0.5 + 1e-4 * attention_macs(**axes),
         "heads": lambda tokens, heads: 0.01 * tokens * (heads - grid.reference_heads),
         "mlp": lambda tokens, embed, mlp: 0.25 + 2e-4 * tokens * embed * mlp,
         "token_step": lambda tokens, embed: 1e-3 * tokens * embed,
@@ -176,7 +176,7 @@ def test_a_cpu_small_table_is_far_smaller_than_nvits(tmp_path):
     path = tmp_path / "table.json"
     save_table(table, path)
     assert path.stat().st_size < 40_000  # NVlabs/NViT's latency_head.json is 314 KB
-    assert load_table(path).attention.ms.shape == (5, 3, 5, 5)
+    assert load_table(path).attention.ms.shape == (5, 3, 6, 6)
 
 
 def test_random_pruned_specs_are_valid_nvit_like_and_seeded():

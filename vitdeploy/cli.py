@@ -111,24 +111,35 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default: %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="default: %(default)s")
+    p.add_argument("--crop-padding", type=int, default=d.crop_padding,
+                   help="random-shift augmentation in pixels, 0 = off; flips are always on (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="default: %(default)s")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--limit", type=int, help="use only the first N images of each split (quick runs)")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from this model directory's weights (fine-tuning) instead of a random init")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> None:
-    from vitdeploy.models.checkpoint import save_artifact
+    from vitdeploy.models.checkpoint import load_artifact, save_artifact
     from vitdeploy.models.vit import ViT
     from vitdeploy.models.zoo import get_spec
     from vitdeploy.train.config import TrainConfig
     from vitdeploy.train.loop import train
 
     config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, seed=args.seed, threads=args.threads, limit=args.limit).validate()
-    model = ViT(get_spec(args.model))
-    model.reset_parameters(args.seed)
+                         lr=args.lr, label_smoothing=args.label_smoothing, crop_padding=args.crop_padding,
+                         seed=args.seed, threads=args.threads, limit=args.limit, init=args.init).validate()
+    if args.init:
+        model = load_artifact(args.init)
+        if model.spec != get_spec(args.model):
+            raise VitDeployError(f"--init {args.init} is not a {args.model} model; pass --model with its architecture")
+    else:
+        model = ViT(get_spec(args.model))
+        model.reset_parameters(args.seed)
     report = train(model, config, progress=not args.quiet)
     report["command"] = config.command(args.out)
     save_artifact(model, args.out, reports={"train.json": report})

@@ -9,7 +9,8 @@ table's batch size; the table stores the median.
 
 The attention and MLP parts are exported with a dynamic token axis, so one engine serves every
 token count on the grid: this cuts the number of exports (the slow step on CPU) by the length of
-the token axis. Differences (head-count correction, token step) are timed interleaved
+the token axis. TensorRT engines take only a dynamic batch axis, so there each token count gets
+its own static engine (``STATIC_SHAPE_BACKENDS``). Differences (head-count correction, token step) are timed interleaved
 (``time_interleaved``), so that drift hits both sides of the subtraction alike.
 """
 
@@ -48,8 +49,10 @@ from vitdeploy.models.vit import Attention, Block, Mlp, ViT
 
 OPSET = 18
 BUILD_PLAN = TimingPlan(warmup=3, iters=15, rounds=3)
-"""Default timing for table builds: medians of 15 runs keep a ~400-point grid near 10 minutes."""
+"""Default timing for table builds: medians of 15 runs (the cpu-small grid then builds in ~4 minutes)."""
 PROBE_DIM = 8
+STATIC_SHAPE_BACKENDS = ("tensorrt",)
+"""Backends whose engines allow only a dynamic batch axis: parts get one engine per token count."""
 """Per-head and MLP width of the small block that the token-step difference is measured on."""
 
 
@@ -105,13 +108,14 @@ GRIDS = {
     # DeiT-S-like shapes at 224×224 (197 tokens, D 384, 6 heads of 64, MLP 1536) and pruned
     # shapes below. N is spaced evenly (the N² error (N − a)(b − N) is then the same everywhere,
     # under 1 % of a block); D, A, B and M are near-linear, so few points suffice, placed densest
-    # at the small widths where kernels lose efficiency.
+    # at the small widths where kernels lose efficiency. A, B down to 24 (e.g. 3 heads of 8).
+    # 540 + 75 + 5 + 15 + 3 timings: about 4 minutes on 2 EPYC cores with ONNX Runtime, 11 KB.
     "cpu-small": Grid(
         name="cpu-small",
         tokens=(16, 50, 100, 150, 200),
         embed=(128, 256, 384),
-        qk_width=(48, 96, 192, 288, 384),
-        v_width=(48, 96, 192, 288, 384),
+        qk_width=(24, 48, 96, 192, 288, 384),
+        v_width=(24, 48, 96, 192, 288, 384),
         mlp=(96, 384, 768, 1152, 1536),
         heads=(1, 2, 3, 4, 6, 8, 12),
         reference_heads=6,
@@ -359,6 +363,18 @@ class _Profiler:
     def part_engine(self, module: nn.Module, name: str, tokens: int, embed: int, dynamic_tokens: bool) -> Engine:
         return self.engine(_PartSource(module, name, self.work_dir, (self.batch, tokens, embed), dynamic_tokens))
 
+    def engines_by_tokens(self, module: nn.Module, name: str, token_counts: Sequence[int],
+                          embed: int) -> Iterator[tuple[int, Engine]]:
+        """(token count, engine) for each count: one dynamic-token engine serves them all, except
+        on ``STATIC_SHAPE_BACKENDS``, where each count gets its own static engine, built lazily."""
+        if self.backend.name in STATIC_SHAPE_BACKENDS:
+            for tokens in token_counts:
+                yield tokens, self.part_engine(module, f"{name}-n{tokens}", tokens, embed, dynamic_tokens=False)
+            return
+        engine = self.part_engine(module, name, max(token_counts), embed, dynamic_tokens=True)
+        for tokens in token_counts:
+            yield tokens, engine
+
     def median_ms(self, engine: Engine, name: str, input_shape: tuple[int, ...]) -> float:
         measurement = time_engine(engine, name, random_batch(self.batch, input_shape), self.plan)
         self.bar.update()
@@ -372,14 +388,14 @@ class _Profiler:
 
 def _measure_over_tokens(profiler: _Profiler, grid: Grid, part: PartTable, name: str,
                          make_module: Callable[..., nn.Module]) -> None:
-    """Fill ``part`` (tokens first, then embed and other axes): one dynamic-token engine per
-    combination of the other axes, timed at every token count."""
+    """Fill ``part`` (tokens first, then embed and other axes): for each combination of the
+    other axes, the part timed at every token count."""
     other_axes = dict(list(part.axes.items())[1:])
     for index in np.ndindex(*(len(values) for values in other_axes.values())):
         point = {axis: int(values[i]) for (axis, values), i in zip(other_axes.items(), index)}
         label = "-".join([name, *(f"{axis}{value}" for axis, value in point.items())])
-        engine = profiler.part_engine(make_module(**point), label, grid.tokens[-1], point["embed"], dynamic_tokens=True)
-        for t, tokens in enumerate(grid.tokens):
+        engines = profiler.engines_by_tokens(make_module(**point), label, grid.tokens, point["embed"])
+        for t, (tokens, engine) in enumerate(engines):
             part.ms[(t, *index)] = profiler.median_ms(engine, f"{label}-n{tokens}", (tokens, point["embed"]))
 
 
@@ -401,12 +417,10 @@ def _measure_mlp(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
 def _measure_heads(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
     """Attention at probe width split into H heads, minus the same with ``reference_heads``."""
     width = grid.probe_width
-    engines = {
-        f"heads{h}": profiler.part_engine(_AttentionPart(width, _attention_block(width, width, h)), f"heads{h}",
-                                          grid.tokens[-1], width, dynamic_tokens=True)
-        for h in grid.heads
-    }
-    for t, tokens in enumerate(grid.tokens):
+    streams = [profiler.engines_by_tokens(_AttentionPart(width, _attention_block(width, width, h)), f"heads{h}",
+                                          grid.tokens, width) for h in grid.heads]
+    for t, (tokens, step) in enumerate(zip(grid.tokens, zip(*streams))):
+        engines = {f"heads{h}": engine for h, (_, engine) in zip(grid.heads, step)}
         medians = profiler.medians_interleaved(engines, (tokens, width))
         reference = medians[f"heads{grid.reference_heads}"]
         part.ms[t] = [medians[f"heads{h}"] - reference for h in grid.heads]
@@ -421,7 +435,8 @@ def _measure_token_step(profiler: _Profiler, grid: Grid, part: PartTable) -> Non
         spec = _probe_spec(grid.stem, embed)
         engines = {
             label: profiler.part_engine(Block(spec, replace(spec.blocks[0], tokens=s), patches),
-                                        f"token-step-{label}-n{tokens}-embed{embed}", tokens, embed, dynamic_tokens=False)
+                                        f"token-step-{label}-n{tokens}-embed{embed}", tokens, embed,
+                                        dynamic_tokens=False)
             for label, s in (("with", step), ("without", TokenStep()))
         }
         medians = profiler.medians_interleaved(engines, (tokens, embed))

@@ -13,15 +13,18 @@ class TrainConfig:
     data: str = "fashion-mnist"
     epochs: int = 15
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    crop_padding: int = 2
+    label_smoothing: float = 0.0
+    crop_padding: int = 0
+    """Random-shift augmentation in pixels (0 = off); horizontal flips are always on."""
     seed: int = 0
     threads: int = 2
     limit: int | None = None
+    init: str | None = None
+    """A model directory to start from (fine-tuning) instead of a seeded random init."""
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
@@ -33,5 +36,6 @@ class TrainConfig:
     def command(self, out: str) -> str:
         """The exact ``vitdeploy train`` command that reproduces a run with this config."""
         return (f"vitdeploy train --model {self.model} --data {self.data} --out {out} --epochs {self.epochs} "
-                f"--batch-size {self.batch_size} --lr {self.lr} --seed {self.seed} --threads {self.threads}"
-                + (f" --limit {self.limit}" if self.limit else ""))
+                f"--batch-size {self.batch_size} --lr {self.lr} --label-smoothing {self.label_smoothing} "
+                f"--crop-padding {self.crop_padding} --seed {self.seed} --threads {self.threads}"
+                + (f" --limit {self.limit}" if self.limit else "") + (f" --init {self.init}" if self.init else ""))

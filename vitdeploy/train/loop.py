@@ -28,6 +28,14 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -
     return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def param_groups(model: ViT, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms, the class token or position embedding."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (decay if param.ndim >= 2 and param.shape[0] > 1 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def train(model: ViT, config: TrainConfig, progress: bool = True) -> dict:
     """Train ``model`` in place; return a JSON-ready report with per-epoch test accuracy."""
     config.validate()
@@ -37,7 +45,7 @@ def train(model: ViT, config: TrainConfig, progress: bool = True) -> dict:
     test_set = dataset_for(model, config.data, "test", config.limit)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     total_steps, warmup_steps = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     history, step, started = [], 0, time.perf_counter()
     for epoch in range(config.epochs):
