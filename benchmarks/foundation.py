@@ -51,7 +51,7 @@ def markdown(accuracy: dict, exports: list[dict], recipe: dict) -> str:
                        [[REFERENCE_MODEL, accuracy["images"], accuracy["torch_top1"], accuracy["onnx_top1"],
                          accuracy["onnx_torch_agreement"]]])
     exp = format_table(
-        ["DeiT-S export", "keep", "export + checks (s)", "TopK (k/axis)", "audit", "max |ORT − torch|"],
+        ["DeiT-S export", "keep", "export + checks (s)", "TopK (k/axis)", "audit", "max abs diff ORT vs torch"],
         [[e["selection"], e["keep"], f"{e['seconds']:.1f}",
           ", ".join(f"{t['k']}/{t['axis_length']}" for t in e["audit"]["topk"]) or "none",
           "pass" if e["audit"]["passed"] else "FAIL", f"{e['parity']['max_abs_diff']:.1e}"] for e in exports])
