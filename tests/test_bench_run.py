@@ -56,6 +56,13 @@ def test_bench_user_errors_exit_2(args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_registered_name_exports_on_first_use(tmp_path):
+    source = ModelSource("fmnist_vit", tmp_path)
+    path = source.onnx_path()  # before anything else has loaded the model
+    assert path.is_file() and source.input_shape() == (1, 28, 28)
+    assert source.torch_model().spec.name == "fmnist_vit"
+
+
 def test_parse_batches():
     assert parse_batches("1, 8,32") == (1, 8, 32)
     with pytest.raises(VitDeployError):

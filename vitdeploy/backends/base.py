@@ -95,8 +95,9 @@ class ModelSource:
         if self._onnx is None:
             from vitdeploy.export.onnx import export_onnx
 
-            self._onnx = self.work_dir / f"{_safe_name(self.name)}.onnx"
-            export_onnx(self.torch_model(), self._onnx)
+            model, path = self.torch_model(), self.work_dir / f"{_safe_name(self.name)}.onnx"
+            export_onnx(model, path)
+            self._onnx = path
         return self._onnx
 
     def input_shape(self) -> tuple[int, int, int]:
