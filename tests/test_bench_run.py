@@ -67,3 +67,24 @@ def test_parse_batches():
     assert parse_batches("1, 8,32") == (1, 8, 32)
     with pytest.raises(VitDeployError):
         parse_batches("")
+
+
+SHIPPED_TABLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "latency_tables" / "amd-epyc-onnxruntime-fp32.json"
+
+
+@pytest.mark.skipif(not SHIPPED_TABLE.is_file(), reason="no shipped CPU latency table")
+def test_lut_predict_follows_the_token_plan():
+    base = run_cli("lut", "predict", SHIPPED_TABLE, "deit_small_patch16_224", "--json")
+    pruned = run_cli("lut", "predict", SHIPPED_TABLE, "deit_small_patch16_224", "--keep", "4:0.7,7:0.7,10:0.7",
+                     "--json")
+    assert base.returncode == 0 and pruned.returncode == 0, base.stderr + pruned.stderr
+    base_ms, pruned_ms = json.loads(base.stdout)["total_ms"], json.loads(pruned.stdout)["total_ms"]
+    assert 0 < pruned_ms < base_ms
+    shown = json.loads(run_cli("lut", "show", SHIPPED_TABLE, "--json").stdout)
+    assert shown["backend"] == "onnxruntime" and shown["batch"] == 8 and shown["build_command"]
+
+
+def test_lut_on_a_bad_table_exits_2(tmp_path):
+    (tmp_path / "t.json").write_text("{}")
+    result = run_cli("lut", "show", tmp_path / "t.json")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
