@@ -72,7 +72,7 @@ def export_summary(report: dict, json_path: Path) -> str:
     return "\n".join([
         f"wrote {report['onnx']} in {report['export_seconds']:.1f} s (opset {report['config']['opset']}, "
         f"selection {report['config']['selection']}, target {report['config']['target']})",
-        f"checker: passed",
+        "checker: passed",
         f"op audit: {'passed' if audit['passed'] else 'FAILED'} ({sum(audit['op_counts'].values())} nodes; TopK {topk})",
         f"parity vs PyTorch: max abs diff {parity['max_abs_diff']:.2e} ≤ {parity['atol']:.0e} at batch "
         f"{', '.join(map(str, parity['batch_sizes']))}",

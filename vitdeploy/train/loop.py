@@ -1,4 +1,4 @@
-"""Training from scratch (the reference model) and top-1 evaluation.
+"""Training a ViT (from scratch, or from ``--init`` weights) with per-epoch test accuracy.
 
 AdamW with linear warm-up then cosine decay, label smoothing, and random shift/flip
 augmentation. With the same seed, thread count and torch build, runs are repeatable.
