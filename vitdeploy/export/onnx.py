@@ -102,8 +102,7 @@ def _torch_export(model: ViT, path: Path, config: ExportConfig) -> None:
     example = torch.zeros(config.example_batch, *_input_shape(model))
     batch = torch.export.Dim("batch", min=1)
     quiet = io.StringIO()
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_torch_onnx_logs():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), quiet_exporter(quiet):
         try:
             program = torch.onnx.export(
                 model, (example,), dynamo=True, opset_version=config.opset,
@@ -116,13 +115,16 @@ def _torch_export(model: ViT, path: Path, config: ExportConfig) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_torch_onnx_logs():
-    """The exporter logs a warning per missing optional library (torchvision); hide them."""
+def quiet_exporter(captured: io.StringIO | None = None):
+    """Silence the dynamo exporter: its progress prints go to ``captured`` (kept for error
+    messages), and its warnings and per-missing-library log lines (torchvision) are dropped."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured or io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logger.setLevel(level)
 

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import io
 import itertools
 import json
-import logging
 import math
 import shlex
 import sys
 import tempfile
-import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +38,7 @@ from vitdeploy.backends import Backend, BuildConfig, Engine, ModelSource, get_ba
 from vitdeploy.bench.device import environment
 from vitdeploy.bench.harness import TimingPlan, random_batch, time_engine, time_interleaved
 from vitdeploy.errors import VitDeployError
+from vitdeploy.export.onnx import quiet_exporter
 from vitdeploy.lut.table import (
     PART_AXES, LatencyTable, PartTable, StemGeometry, TableMetadata, load_table, predict, save_table,
 )
@@ -320,25 +318,11 @@ class _PartSource(ModelSource):
 
 def _export_part(module: nn.Module, path: Path, example: tuple[int, int, int], dynamic_tokens: bool) -> None:
     dynamic_shapes = ({1: torch.export.Dim("tokens", min=2)},) if dynamic_tokens else None
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(module, (torch.zeros(example),), dynamo=True, opset_version=OPSET,
                                     input_names=["input"], output_names=["output"],
                                     dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
     program.save(str(path))
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The dynamo exporter prints progress and warns per missing optional library; hide both."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 class _Profiler:
