@@ -19,7 +19,7 @@ from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.zoo import load_model
 from vitdeploy.report import format_table
-from vitdeploy.tokens.plan import apply_keep_plan, keep_plan_spec, parse_keep
+from vitdeploy.tokens.plan import apply_keep_plan, parse_keep
 
 DEFAULT_RECIPE = Path("export/default.json")
 
@@ -91,13 +91,11 @@ def _require_keys(raw: object, allowed: set[str], required: set[str], where: str
 
 def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bool = False) -> dict:
     base = load_model(recipe.model)
-    for variant in recipe.variants[1:]:  # every plan must fit the model before any work starts
-        keep_plan_spec(base.spec, parse_keep(variant.keep))
+    # Building every variant first checks that each plan fits the model before any work starts.
+    models = [apply_keep_plan(base, v.keep, v.package) if v.keep else base for v in recipe.variants]
     base_macs = total_macs(base.spec)
-    rows = []
-    for variant in recipe.variants:
-        model = apply_keep_plan(base, variant.keep, variant.package) if variant.keep else base
-        rows.append(_run_variant(recipe, variant, model, out / variant.name, base_macs, limit, progress))
+    rows = [_run_variant(recipe, variant, model, out / variant.name, base_macs, limit, progress)
+            for variant, model in zip(recipe.variants, models)]
     summary = {"recipe": recipe.name, "model": recipe.model, "data": recipe.data, "split": recipe.split,
                "variants": rows}
     write_json_atomic(out / "summary.json", summary)
