@@ -37,6 +37,19 @@ def test_analytic_macs_match_torch_flop_counter_exactly():
     assert total_macs(spec) == torch_counter_macs(spec)
 
 
+def test_analytic_macs_of_star_and_spvit_steps_match_torch_flop_counter():
+    """A STAR step after a fixed one, then two SPViT selectors whose package tokens are added."""
+    six_blocks = [BlockSpec(heads=2, qk_dim=16, v_dim=16, mlp_dim=64) for _ in range(6)]
+    spec = tiny_spec(blocks=six_blocks).with_token_plan({
+        0: TokenStep(keep=12, selector="fixed", positions=list(range(12))),
+        1: TokenStep(keep=9, selector="star", alpha=0.3, inter_scores=[1.0 + i for i in range(16)]),
+        2: TokenStep(keep=7, selector="spvit", package=True, package_mode="add"),
+        3: TokenStep(keep=5, selector="spvit", package=True, package_mode="add", selector_heads=1),
+    })
+    assert spec.package_tokens_entering()[-1] == 1
+    assert total_macs(spec) == torch_counter_macs(spec)
+
+
 def test_analytic_macs_match_fvcore():
     fvcore = pytest.importorskip("fvcore.nn")
     spec = pruned_spec()

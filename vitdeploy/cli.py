@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_prune(sub)
     _add_export(sub)
     _add_rewrite(sub)
     _add_bench(sub)
@@ -152,6 +153,96 @@ def _run_train(args) -> None:
           f"({report['train_seconds']:.0f} s)")
 
 
+# --- prune -----------------------------------------------------------------------------------
+
+PRUNE_DESCRIPTION = """\
+Prune MODEL and save the result as a model directory (spec.json + weights.safetensors) with
+prune.json beside it: per-block token counts, FLOPs, calibration time and, with --eval, top-1.
+
+Token methods (no fine-tuning; the weights are unchanged, the spec gets a static token plan):
+  patch-slimming  top-down fixed-position pyramid (Tang et al.); exports as constant Gathers
+  star            fused class-attention x offline LRP scores, ACS keep rates (Zhang et al.)
+  a-star          STAR with input-dependent counts: PyTorch evaluation only, never exported
+  uniform         the same class-attention keep rate after every block but the last
+  cls-attn        EViT-style class-attention top-k at a few blocks (--blocks, --package)
+  random          the uniform schedule with random fixed positions
+Give --target-flops (a ratio of the unpruned model's FLOPs) or the method's own knob
+(--rho, --epsilon, --rate or --keep)."""
+
+
+def _add_prune(sub) -> None:
+    from vitdeploy.prune.token_config import TOKEN_METHODS, TokenPruneConfig
+
+    d = TokenPruneConfig(method="star")
+    p = sub.add_parser("prune", help="prune a ViT: static token plans (Patch Slimming, STAR, baselines)",
+                       description=PRUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--arch", help="registered architecture of a timm checkpoint")
+    p.add_argument("--method", required=True, choices=TOKEN_METHODS, help="pruning method (see above)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--target-flops", type=float,
+                   help="target FLOPs as a ratio of the unpruned model's, in (0, 1): the method's knob is bisected")
+    p.add_argument("--calib", metavar="DATA", help="calibration data (its train split): fashion-mnist or an "
+                                                    "ImageFolder directory; needed by patch-slimming, star, a-star")
+    p.add_argument("--calib-size", type=int, default=d.calib_size,
+                   help="calibration images drawn (seeded) from the train split (default: %(default)s)")
+    p.add_argument("--eval", metavar="DATA", help="also report top-1 before and after on DATA's test split")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--resize", action="store_true", help="resize images to the model's input size")
+    p.add_argument("--seed", type=int, default=d.seed, help="calibration sampling and random plans (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print prune.json instead of a summary")
+    star = p.add_argument_group("star / a-star")
+    star.add_argument("--rho", type=float, help="keep rate of the last block, in (0, 1]; lower prunes more")
+    star.add_argument("--alpha", type=float, default=d.alpha,
+                      help="fusion weight of the online class attention, in [0, 1] (default: %(default)s)")
+    star.add_argument("--gamma", type=int, default=d.gamma,
+                      help="top classes per image in the inter-layer scores (default: %(default)s)")
+    star.add_argument("--rounds", type=int, default=d.rounds, help="calibration rounds T (default: %(default)s)")
+    star.add_argument("--calib-batch", type=int, default=d.calib_batch,
+                      help="images per calibration round (default: %(default)s)")
+    slim = p.add_argument_group("patch-slimming")
+    slim.add_argument("--epsilon", type=float,
+                      help="tolerated relative error of the class token's final features; higher prunes more")
+    slim.add_argument("--granularity", type=int, default=d.granularity,
+                      help="patches added per greedy step, r' (default: %(default)s)")
+    base = p.add_argument_group("uniform / cls-attn / random")
+    base.add_argument("--rate", type=float, help="share of the patch tokens kept at each step, in (0, 1)")
+    base.add_argument("--keep", help="explicit plan instead of --rate: " + KEEP_HELP.split(": ", 1)[1])
+    base.add_argument("--blocks", help="cls-attn: blocks (from 1) that drop tokens (default: ¼, ½, ¾ of the depth)")
+    base.add_argument("--package", action="store_true", help="cls-attn: fold dropped tokens into a package token")
+    p.set_defaults(run=_run_prune)
+
+
+def _run_prune(args) -> None:
+    import torch
+
+    from vitdeploy.evaluate import dataset_for
+    from vitdeploy.models.checkpoint import save_artifact
+    from vitdeploy.models.zoo import load_model
+    from vitdeploy.prune.calibrate import calibration_images
+    from vitdeploy.prune.token_config import TokenPruneConfig
+    from vitdeploy.prune.token_methods import prune_tokens
+    from vitdeploy.report import prune_summary
+
+    config = TokenPruneConfig(
+        method=args.method, target_flops=args.target_flops, rho=args.rho, alpha=args.alpha, gamma=args.gamma,
+        rounds=args.rounds, epsilon=args.epsilon, granularity=args.granularity, rate=args.rate, keep=args.keep,
+        blocks=args.blocks, package=args.package, calib_size=args.calib_size, calib_batch=args.calib_batch,
+        seed=args.seed).validate()
+    if args.threads < 1:
+        raise VitDeployError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.arch)
+    images = calibration_images(model, args.calib, args.calib_size, args.seed, args.resize) if args.calib else None
+    eval_data = dataset_for(model, args.eval, "test", args.eval_limit, args.resize) if args.eval else None
+    pruned, report = prune_tokens(model, config, images, eval_data, progress=not args.quiet)
+    report.update(model=args.model, calib=args.calib, eval=args.eval, command=" ".join(["vitdeploy", *sys.argv[1:]]))
+    save_artifact(pruned, args.out, reports={"prune.json": report})
+    _print_json_or(args, report, prune_summary(report, args.out))
+
+
 # --- eval ------------------------------------------------------------------------------------
 
 def _add_eval(sub) -> None:
@@ -199,6 +290,9 @@ def _add_export(sub) -> None:
                    help="whose operator allowlist the audit enforces (default: %(default)s)")
     p.add_argument("--opset", type=int, default=d.opset,
                    help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default: %(default)s)")
+    p.add_argument("--as-static-star", action="store_true",
+                   help="for an a-STAR model (input-dependent token counts, not exportable): export its static STAR "
+                        "plan instead, which keeps a fixed upper-bound count per layer")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     p.set_defaults(run=_run_export)
 
@@ -210,8 +304,19 @@ def _run_export(args) -> None:
     if not args.out.endswith(".onnx"):
         raise VitDeployError(f"--out {args.out}: the output file name must end in .onnx")
     config = ExportConfig(opset=args.opset, selection=args.selection, target=args.target)
-    report = export_onnx(_load(args), args.out, config)
+    model = _load(args)
+    if args.as_static_star:
+        model = _static_star(model)
+    report = export_onnx(model, args.out, config)
     _print_json_or(args, report.to_dict(), export_summary(report.to_dict(), report_path(args.out)))
+
+
+def _static_star(model):
+    from vitdeploy.tokens.plan import with_spec
+
+    if not model.spec.adaptive:
+        raise VitDeployError("--as-static-star applies only to a-STAR models (this one keeps static token counts)")
+    return with_spec(model, model.spec.static_counterpart())
 
 
 # --- rewrite ---------------------------------------------------------------------------------

@@ -74,6 +74,9 @@ def onnx_predictions(onnx_path: str | Path, dataset, progress: bool = False) -> 
 
 
 def evaluate_model(model: ViT, options: EvalOptions, progress: bool = False) -> dict:
+    if model.spec.adaptive and options.with_onnx:
+        raise VitDeployError("this is an a-STAR model (input-dependent token counts): it runs in PyTorch only, so "
+                             "evaluate it with --no-onnx")
     dataset = dataset_for(model, options.data, options.split, options.limit, options.resize)
     torch_pred, labels = predict(model, dataset, EVAL_BATCH, progress)
     report = {

@@ -24,6 +24,7 @@ from vitdeploy.export import check
 from vitdeploy.export.config import ExportConfig
 from vitdeploy.io import atomic_path, write_json_atomic
 from vitdeploy.models.flops import total_macs
+from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -59,6 +60,7 @@ def report_path(onnx_path: str | Path) -> Path:
 def export_onnx(model: ViT, out: str | Path, config: ExportConfig | None = None) -> ExportReport:
     """Export ``model`` to ``out`` and check it; raise ``VitDeployError`` if any check fails."""
     config = (config or ExportConfig()).validate()
+    _refuse_adaptive(model.spec)
     out = Path(out)
     started = time.perf_counter()
     with atomic_path(out, suffix=".onnx") as tmp, _selection(model.eval(), config.selection):
@@ -68,6 +70,16 @@ def export_onnx(model: ViT, out: str | Path, config: ExportConfig | None = None)
                               time.perf_counter() - started, audit, parity)
     write_json_atomic(report_path(out), report.to_dict())
     return report
+
+
+def _refuse_adaptive(spec: ViTSpec) -> None:
+    if spec.adaptive:
+        counts = [b.tokens.keep for b in spec.static_counterpart().blocks if b.tokens.active]
+        raise VitDeployError(
+            "this model uses a-STAR: each image keeps a different number of tokens, so it is not a static graph "
+            "and cannot be exported. Its static STAR plan (the same ρ and fused scores, keeping "
+            f"{', '.join(map(str, counts))} patch tokens) exports: add --as-static-star to `vitdeploy export`, "
+            "or prune with --method star")
 
 
 def _check_export(path: Path, model: ViT, config: ExportConfig) -> tuple[check.AuditReport, check.ParityReport]:

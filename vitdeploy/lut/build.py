@@ -293,6 +293,17 @@ class _MlpPart(nn.Module):
         return x + self.mlp(self.norm(x))
 
 
+class _BlockPart(nn.Module):
+    """A whole ``Block`` (token step included) with the tokens as its only output."""
+
+    def __init__(self, block: Block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)[0]
+
+
 class _PartSource(ModelSource):
     """One block part as a ``ModelSource``; its input is activations (batch, tokens, embed).
 
@@ -418,7 +429,7 @@ def _measure_token_step(profiler: _Profiler, grid: Grid, part: PartTable) -> Non
         step = TokenStep(keep=max(1, patches // 2), selector="cls_attn")
         spec = _probe_spec(grid.stem, embed)
         engines = {
-            label: profiler.part_engine(Block(spec, replace(spec.blocks[0], tokens=s), patches),
+            label: profiler.part_engine(_BlockPart(Block(spec, replace(spec.blocks[0], tokens=s), patches)),
                                         f"token-step-{label}-n{tokens}-embed{embed}", tokens, embed,
                                         dynamic_tokens=False)
             for label, s in (("with", step), ("without", TokenStep()))

@@ -3,7 +3,8 @@
 Per block with N tokens entering, embed dim D, H heads, per-head dims qk and v, MLP width M:
     qkv  = N·D·H·(2·qk + v)        attention = H·N²·(qk + v)
     proj = N·H·v·D                 mlp       = 2·N·D·M
-plus, for a block that drops tokens by score, the class-attention row H·N·qk. Patch embedding
+plus, for a block that drops tokens by score, the class-attention row H·N·qk (or the SPViT
+selector's Linear layers on the patch tokens). Patch embedding
 costs N_patches·C·p²·D and each classifier head D·classes. Norms, softmax and GELU are not
 counted, the usual convention (fvcore, the NViT and SPViT papers).
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from vitdeploy.models.spec import ViTSpec
+from vitdeploy.models.spec import BlockSpec, ViTSpec
+from vitdeploy.tokens.spvit import SPViTSelector
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,11 @@ class BlockMacs:
         return {**asdict(self), "total": self.total}
 
 
-def block_macs(spec: ViTSpec) -> list[BlockMacs]:
+def block_macs(spec: ViTSpec, tokens_entering: list[int] | None = None) -> list[BlockMacs]:
+    """MACs per block; ``tokens_entering`` overrides the spec's token counts (a-STAR images)."""
     result = []
-    for block, n in zip(spec.blocks, spec.tokens_entering()):
+    counts = zip(spec.blocks, tokens_entering or spec.tokens_entering(), spec.package_tokens_entering())
+    for block, n, packages in counts:
         h, qk, v, d = block.heads, block.qk_dim, block.v_dim, spec.embed_dim
         result.append(BlockMacs(
             tokens=n,
@@ -42,9 +46,19 @@ def block_macs(spec: ViTSpec) -> list[BlockMacs]:
             attention=h * n * n * (qk + v),
             proj=n * h * v * d,
             mlp=2 * n * d * block.mlp_dim,
-            token_scores=h * n * qk if block.tokens.scored else 0,
+            token_scores=_token_score_macs(spec, block, n, n - spec.num_prefix_tokens - packages),
         ))
     return result
+
+
+def _token_score_macs(spec: ViTSpec, block: BlockSpec, n: int, patches: int) -> int:
+    """Scoring the patch tokens of a step: the class-attention row, or an SPViT selector."""
+    step = block.tokens
+    if not step.scored:
+        return 0
+    if step.selector == "spvit":
+        return patches * SPViTSelector.macs_per_token(spec.embed_dim, step.selector_heads or block.heads)
+    return block.heads * n * block.qk_dim
 
 
 def patch_embed_macs(spec: ViTSpec) -> int:

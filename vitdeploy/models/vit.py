@@ -16,6 +16,7 @@ from torch import nn
 
 from vitdeploy.models.spec import SELECTION_METHODS, BlockSpec, ViTSpec
 from vitdeploy.tokens import select
+from vitdeploy.tokens.spvit import SPViTSelector
 
 
 class PatchEmbed(nn.Module):
@@ -34,18 +35,29 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, block.heads * (2 * block.qk_dim + block.v_dim), bias=qkv_bias)
         self.proj = nn.Linear(block.heads * block.v_dim, dim)
 
-    def forward(self, x: torch.Tensor, want_cls_scores: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the attention output and, if asked, the class token's attention to every token."""
+    def forward(self, x: torch.Tensor, want_cls_scores: bool = False,
+                alive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the attention output and, if asked, the class token's attention to every token.
+
+        ``alive`` (B, N) of 0/1 masks dead tokens out as keys (a-STAR's input-dependent drops).
+        """
+        batch, n, _ = x.shape
+        q, k, v = self.project_qkv(x)
+        key_mask = None if alive is None else alive.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scale)
+        out = self.proj(out.transpose(1, 2).reshape(batch, n, self.heads * self.v_dim))
+        cls_scores = select.cls_attention(q[:, :, :1], k, self.scale, key_mask) if want_cls_scores else None
+        return out, cls_scores
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head queries, keys and values, each (B, H, N, d)."""
         batch, n, _ = x.shape
         qk_width = self.heads * self.qk_dim
         q, k, v = self.qkv(x).split([qk_width, qk_width, self.heads * self.v_dim], dim=-1)
         q = q.reshape(batch, n, self.heads, self.qk_dim).transpose(1, 2)
         k = k.reshape(batch, n, self.heads, self.qk_dim).transpose(1, 2)
         v = v.reshape(batch, n, self.heads, self.v_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        out = self.proj(out.transpose(1, 2).reshape(batch, n, self.heads * self.v_dim))
-        cls_scores = select.cls_attention(q[:, :, :1], k, self.scale) if want_cls_scores else None
-        return out, cls_scores
+        return q, k, v
 
 
 class Mlp(nn.Module):
@@ -60,6 +72,12 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+    """A transformer block and its token step.
+
+    ``forward`` takes and returns ``positions`` (B, N_patches, as floats): where each patch token
+    came from in the image, tracked only when a STAR step needs it (otherwise None).
+    """
+
     def __init__(self, spec: ViTSpec, block: BlockSpec, patch_tokens_in: int):
         super().__init__()
         dim = spec.embed_dim
@@ -72,28 +90,71 @@ class Block(nn.Module):
         self.patch_tokens_in = patch_tokens_in
         if self.step.selector == "fixed":
             self.register_buffer("keep_positions", torch.tensor(self.step.positions), persistent=False)
+        if self.step.selector == "star":
+            prior = torch.tensor(self.step.inter_scores, dtype=torch.float32) ** (1.0 - self.step.alpha)
+            self.register_buffer("inter_prior", prior, persistent=False)
+        self.selector = (SPViTSelector(dim, self.step.selector_heads or block.heads)
+                         if self.step.selector == "spvit" else None)
 
-    def forward(self, x: torch.Tensor, selection: str = "topk") -> torch.Tensor:
-        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=self.step.scored)
+    def forward(self, x: torch.Tensor, selection: str = "topk",
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=self.needs_cls_scores)
         x = x + attn_out
         x = x + self.mlp(self.norm2(x))
         if not self.step.active:
-            return x
-        return self._drop_tokens(x, cls_scores, selection)
+            return x, positions
+        return self._drop_tokens(x, cls_scores, selection, positions)
 
-    def _drop_tokens(self, x: torch.Tensor, cls_scores: torch.Tensor | None, selection: str) -> torch.Tensor:
+    def forward_adaptive(self, x: torch.Tensor, alive: torch.Tensor,
+                         positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block on all tokens with dead ones masked out of attention (a-STAR, PyTorch only);
+        returns the new ``alive`` mask over every token (prefix tokens always live)."""
+        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=self.needs_cls_scores, alive=alive)
+        x = x + attn_out
+        x = x + self.mlp(self.norm2(x))
+        if not self.step.active:
+            return x, alive
+        patch = slice(self.num_prefix, None)
+        scores = self._patch_scores(cls_scores[:, patch], positions, x[:, patch])
+        kept = select.adaptive_keep_mask(scores, alive[:, patch], self.step.adaptive_rate)
+        return x, torch.cat([alive[:, : self.num_prefix], kept], dim=1)
+
+    @property
+    def needs_cls_scores(self) -> bool:
+        return self.step.active and self.step.selector in ("cls_attn", "star")
+
+    def _patch_scores(self, cls_scores: torch.Tensor | None, positions: torch.Tensor | None,
+                      patches: torch.Tensor) -> torch.Tensor:
+        if self.step.selector == "spvit":
+            return self.selector(patches)
+        if self.step.selector == "star":
+            return select.star_scores(cls_scores, self.inter_prior, positions, self.step.alpha)
+        return cls_scores
+
+    def _drop_tokens(self, x: torch.Tensor, cls_scores: torch.Tensor | None, selection: str,
+                     positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         prefix_end = self.num_prefix
         patch_end = prefix_end + self.patch_tokens_in
         prefix, patches, packages = x[:, :prefix_end], x[:, prefix_end:patch_end], x[:, patch_end:]
         if self.step.selector == "fixed":
             kept = select.gather_fixed(patches, self.keep_positions)
-            return torch.cat([prefix, kept, packages], dim=1)
-        scores = cls_scores[:, prefix_end:patch_end]
-        kept, keep_mask = select.select_tokens(patches, scores, self.step.keep, selection)
-        parts = [prefix, kept, packages]
+            if positions is not None:
+                positions = positions.index_select(1, self.keep_positions)
+            return torch.cat([prefix, kept, packages], dim=1), positions
+        patch_cls_scores = None if cls_scores is None else cls_scores[:, prefix_end:patch_end]
+        scores = self._patch_scores(patch_cls_scores, positions, patches)
+        take, keep_mask = select.token_selection(scores, self.step.keep, selection)
         if self.step.package:
-            parts.append(select.package_token(patches, scores, keep_mask))
-        return torch.cat(parts, dim=1)
+            packages = self._with_package(packages, select.package_token(patches, scores, keep_mask))
+        parts = [prefix, take(patches), packages]
+        if positions is not None:
+            positions = take(positions.unsqueeze(-1)).squeeze(-1)
+        return torch.cat(parts, dim=1), positions
+
+    def _with_package(self, packages: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        if self.step.package_mode == "add" and packages.shape[1]:
+            return torch.cat([packages[:, :-1], packages[:, -1:] + new], dim=1)
+        return torch.cat([packages, new], dim=1)
 
 
 class ViT(nn.Module):
@@ -118,10 +179,11 @@ class ViT(nn.Module):
     def reset_parameters(self, seed: int | None = None) -> None:
         """timm-style init: truncated normal (std 0.02) weights, zero biases, unit norms."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        norm_weights = {f"{name}.weight" for name, module in self.named_modules() if isinstance(module, nn.LayerNorm)}
         for name, param in self.named_parameters():
             if name.endswith("bias"):
                 nn.init.zeros_(param)
-            elif ".norm" in name or name.startswith("norm"):
+            elif name in norm_weights:
                 nn.init.ones_(param)
             else:
                 nn.init.trunc_normal_(param, std=0.02, a=-0.04, b=0.04, generator=generator)
@@ -132,19 +194,45 @@ class ViT(nn.Module):
             raise ValueError(f"unknown selection method {method!r}")
         self.selection = method
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images → the token sequence entering the first block (prefix tokens, then patches)."""
         x = self.patch_embed(x)
         prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
-        x = torch.cat(prefix + [x], dim=1) + self.pos_embed
+        return torch.cat(prefix + [x], dim=1) + self.pos_embed
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.adaptive:
+            return self.forward_adaptive(x)[0]
+        x = self.embed(x)
+        positions = self._patch_positions(x) if self.spec.tracks_patch_positions else None
         for block in self.blocks:
-            x = block(x, self.selection)
+            x, positions = block(x, self.selection, positions)
         return self.norm(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        logits = self.head(x[:, 0])
+    def forward_adaptive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features with a-STAR's input-dependent drops, as masks (PyTorch only), and the number
+        of patch tokens alive entering each block, (B, depth)."""
+        x = self.embed(x)
+        positions = self._patch_positions(x)
+        alive = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+        counts = []
+        for block in self.blocks:
+            counts.append(alive[:, self.spec.num_prefix_tokens:].sum(dim=1))
+            x, alive = block.forward_adaptive(x, alive, positions)
+        return self.norm(x), torch.stack(counts, dim=1)
+
+    def _patch_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = self.spec.num_patches
+        return torch.arange(n, dtype=tokens.dtype, device=tokens.device).expand(tokens.shape[0], n)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from the final tokens (the class token; averaged with the distillation token's)."""
+        logits = self.head(features[:, 0])
         if self.head_dist is None:
             return logits
-        return (logits + self.head_dist(x[:, 1])) / 2
+        return (logits + self.head_dist(features[:, 1])) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.forward_features(x))

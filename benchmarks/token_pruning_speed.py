@@ -1,0 +1,112 @@
+"""Measured ONNX Runtime CPU speedup of static token plans against their FLOPs ratio, interleaved.
+
+    .venv/bin/python benchmarks/token_pruning_speed.py fmnist   # every static plan of token-pruning-fmnist.json
+    .venv/bin/python benchmarks/token_pruning_speed.py deit     # DeiT-S shapes, each method at 0.75× and 0.6× FLOPs
+    .venv/bin/python benchmarks/token_pruning_speed.py deit --plans-only   # compute the DeiT-S plans, no timing
+
+All models of a run are exported through the checked exporter, built once, and timed interleaved
+in one process (batch 8, 2 threads). The DeiT-S plans come from each method run on the seeded
+random-init DeiT-S with Gaussian-noise calibration images: their accuracy means nothing, but
+their shapes and operators are those of real plans, which is what latency depends on.
+Writes benchmarks/results/token-pruning-speed-<model>-<cpu>-onnxruntime.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vitdeploy.backends import BuildConfig, ModelSource
+from vitdeploy.bench.device import cpu_name, device_slug
+from vitdeploy.bench.harness import TimingPlan
+from vitdeploy.bench.report import write_result
+from vitdeploy.bench.run import bench_sources
+from vitdeploy.io import write_bytes_atomic, write_json_atomic
+from vitdeploy.models.spec import ViTSpec
+from vitdeploy.models.zoo import load_model
+from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_methods import prune_tokens
+from vitdeploy.report import format_table
+from vitdeploy.tokens.plan import with_spec
+
+RESULTS = Path(__file__).parent / "results"
+DEIT_LEVELS = (0.75, 0.6)
+DEIT_METHODS = {
+    "patch-slimming": TokenPruneConfig(method="patch-slimming", granularity=14, calib_size=8),
+    "star": TokenPruneConfig(method="star", rounds=2, calib_batch=8, calib_size=16),
+    "uniform": TokenPruneConfig(method="uniform"),
+    "cls-attn": TokenPruneConfig(method="cls-attn"),
+    "cls-attn+package": TokenPruneConfig(method="cls-attn", package=True),
+    "random": TokenPruneConfig(method="random"),
+}
+
+
+def fmnist_plans() -> tuple[str, dict[str, ViTSpec]]:
+    rows = json.loads((RESULTS / "token-pruning-fmnist.json").read_text())["rows"]
+    return "fmnist_vit", {f"{r['method']}@{r['target_flops']}": ViTSpec.from_dict(r["spec"])
+                          for r in rows if "export" in r}
+
+
+def deit_plans() -> tuple[str, dict[str, ViTSpec]]:
+    """Computed once and kept in token-pruning-deit-plans.json (delete it to recompute)."""
+    path = RESULTS / "token-pruning-deit-plans.json"
+    if not path.exists():
+        write_json_atomic(path, {name: spec.to_dict() for name, spec in compute_deit_plans().items()})
+    return "deit_small_patch16_224", {name: ViTSpec.from_dict(d) for name, d in json.loads(path.read_text()).items()}
+
+
+def compute_deit_plans() -> dict[str, ViTSpec]:
+    model = load_model("deit_small_patch16_224")
+    noise = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    plans = {}
+    for level in DEIT_LEVELS:
+        for name, config in DEIT_METHODS.items():
+            images = noise[:config.calib_size]
+            plans[f"{name}@{level}"] = prune_tokens(model, replace(config, target_flops=level), images,
+                                                    progress=False)[0].spec
+            print(f"planned {name}@{level}", file=sys.stderr)
+    return plans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=("fmnist", "deit"))
+    parser.add_argument("--iters", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--plans-only", action="store_true", help="compute and store the plans, time nothing")
+    args = parser.parse_args()
+    torch.set_num_threads(1 if args.plans_only else 2)
+    ref, plans = fmnist_plans() if args.model == "fmnist" else deit_plans()
+    if args.plans_only:
+        return
+    base = load_model(ref)
+    config = BuildConfig(batch_sizes=(8,), threads=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = {"baseline": ModelSource(ref, tmp, model=base)}
+        sources.update({name: ModelSource(name, tmp, model=with_spec(base, spec)) for name, spec in plans.items()})
+        result = bench_sources(sources, "onnxruntime", config, TimingPlan(warmup=10, iters=args.iters,
+                                                                          rounds=args.rounds), progress=True)
+    result.config["command"] = f"python benchmarks/token_pruning_speed.py {args.model}"
+    stem = RESULTS / f"token-pruning-speed-{ref}-{device_slug(cpu_name())}-onnxruntime"
+    write_result(result, stem)
+    summary = speedup_table(result.rows)
+    write_bytes_atomic(stem.with_suffix(".summary.md"), (summary + "\n").encode())
+    print(summary)
+
+
+def speedup_table(rows: list[dict]) -> str:
+    """Per plan: FLOPs ratio, FLOPs reduction and the measured throughput ratio to the baseline."""
+    base = next(r for r in rows if r["model"] == "baseline")
+    table = [[r["model"], f"{r['macs'] / base['macs']:.3f}", f"{base['macs'] / r['macs']:.2f}×",
+              f"{r['ratio_to_first']:.2f}×"] for r in rows if r["model"] != "baseline"]
+    return format_table(["plan", "FLOPs ratio", "FLOPs reduction", "measured speedup"], table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Settings of the token-pruning methods (a light module: the CLI reads its defaults without
+importing torch). See ``vitdeploy.prune.token_methods`` for what the methods do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vitdeploy.errors import VitDeployError
+
+TOKEN_METHODS = ("patch-slimming", "star", "a-star", "uniform", "cls-attn", "random")
+CALIBRATED_METHODS = ("patch-slimming", "star", "a-star")
+
+
+@dataclass
+class TokenPruneConfig:
+    method: str
+    target_flops: float | None = None
+    """Target MACs as a ratio of the unpruned model's, in (0, 1); bisects the method's knob."""
+    rho: float | None = None
+    """STAR / a-STAR: the keep rate of the last block (ρ in their Eq. 5)."""
+    alpha: float = 0.15
+    gamma: int = 6
+    rounds: int = 10
+    epsilon: float | None = None
+    """Patch Slimming: tolerated relative error of the class token's final features."""
+    granularity: int = 1
+    rate: float | None = None
+    """Baselines: the share of patch tokens kept at each step."""
+    keep: str | None = None
+    """Baselines: an explicit plan, BLOCK:KEEP pairs as for ``vitdeploy export --keep``."""
+    blocks: str | None = None
+    """cls-attn: the blocks (1-based, comma-separated) that drop tokens."""
+    package: bool = False
+    calib_size: int = 256
+    calib_batch: int = 32
+    seed: int = 0
+
+    def validate(self) -> "TokenPruneConfig":
+        if self.method not in TOKEN_METHODS:
+            raise VitDeployError(f"unknown token method {self.method!r}: choose one of {', '.join(TOKEN_METHODS)}")
+        knobs = {"star": ("rho",), "a-star": ("rho",), "patch-slimming": ("epsilon",)}.get(
+            self.method, ("rate", "keep"))
+        given = [k for k in ("target_flops", *knobs) if getattr(self, k) is not None]
+        if len(given) != 1:
+            names = " or ".join(f"--{k.replace('_', '-')}" for k in ("target_flops", *knobs))
+            raise VitDeployError(f"--method {self.method} needs exactly one of {names}")
+        if self.target_flops is not None and not 0 < self.target_flops < 1:
+            raise VitDeployError(f"--target-flops is a ratio of the unpruned model's FLOPs in (0, 1), "
+                                 f"got {self.target_flops}")
+        if self.rho is not None and not 0 < self.rho <= 1:
+            raise VitDeployError(f"--rho must be in (0, 1], got {self.rho}")
+        if self.rate is not None and not 0 < self.rate < 1:
+            raise VitDeployError(f"--rate must be strictly between 0 and 1, got {self.rate}")
+        if not 0 <= self.alpha <= 1:
+            raise VitDeployError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if min(self.gamma, self.rounds, self.calib_size, self.calib_batch, self.granularity) < 1:
+            raise VitDeployError("--gamma, --rounds, --calib-size, --calib-batch and --granularity must be ≥ 1")
+        if self.package and self.method != "cls-attn":
+            raise VitDeployError("--package applies to --method cls-attn only")
+        if self.blocks is not None and self.method != "cls-attn":
+            raise VitDeployError("--blocks applies to --method cls-attn only")
+        return self

@@ -1,0 +1,65 @@
+"""SPViT's multi-head token selector (Kong et al., "SPViT: Enabling Faster Vision Transformers via
+Soft Token Pruning"), as a module that lives inside a ``Block`` with an ``spvit`` token step.
+
+For patch tokens X (N × C) split into H heads x_i (N × d), d = C / H, with weights shared by the
+heads:
+
+    f_local  = GELU(Linear(d, d/2)(LayerNorm(x_i)))
+    f_global = mean of f_local over the tokens still alive
+    t_i      = softmax(Linear(d/4, 2)(GELU(Linear(d/2, d/4)(GELU(Linear(d, d/2)([f_local, f_global]))))))
+    a        = sigmoid(Linear(H/2, H)(GELU(Linear(H, H/2)(mean over each head's channels of X))))
+    T        = Σ_i t_i[keep] · a_i / Σ_i a_i
+
+``T`` (B, N) is each token's keep probability. At inference a static top-k of T picks the kept
+tokens; training samples keep/drop decisions from it with Gumbel-softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KEEP = 0
+"""Index of the 'keep' class in each head's two-way softmax."""
+
+
+def _half(n: int) -> int:
+    return max(1, n // 2)
+
+
+class SPViTSelector(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"an SPViT selector needs embed dim {dim} divisible by its {heads} heads")
+        d = dim // heads
+        self.heads = heads
+        self.local = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, _half(d)), nn.GELU())
+        self.score = nn.Sequential(nn.Linear(2 * _half(d), _half(d)), nn.GELU(),
+                                   nn.Linear(_half(d), _half(_half(d))), nn.GELU(),
+                                   nn.Linear(_half(_half(d)), 2))
+        self.head_weights = nn.Sequential(nn.Linear(heads, _half(heads)), nn.GELU(),
+                                          nn.Linear(_half(heads), heads), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """Keep probabilities (B, N) of patch tokens ``x`` (B, N, C); ``alive`` (B, N) of 0/1 marks
+        the tokens that count towards the global feature (all of them when None)."""
+        batch, n, dim = x.shape
+        per_head = x.reshape(batch, n, self.heads, dim // self.heads)
+        local = self.local(per_head)
+        if alive is None:
+            global_ = local.mean(dim=1, keepdim=True)
+        else:
+            weights = alive.to(x.dtype)[:, :, None, None]
+            global_ = (local * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+        features = torch.cat([local, global_.expand_as(local)], dim=-1)
+        keep = torch.softmax(self.score(features), dim=-1)[..., KEEP]
+        a = self.head_weights(per_head.mean(dim=-1))
+        return (keep * a).sum(dim=-1) / a.sum(dim=-1)
+
+    @staticmethod
+    def macs_per_token(dim: int, heads: int) -> int:
+        """Multiply-accumulates per token (Linear layers only, as ``vitdeploy.models.flops`` counts)."""
+        d, h = dim // heads, heads
+        per_head = d * _half(d) + 2 * _half(d) * _half(d) + _half(d) * _half(_half(d)) + _half(_half(d)) * 2
+        return heads * per_head + h * _half(h) + _half(h) * h
