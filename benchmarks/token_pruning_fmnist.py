@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from plots import accuracy_flops_png
+from common import accuracy_flops_png
 
 from vitdeploy.evaluate import dataset_for, evaluate
 from vitdeploy.export.onnx import export_onnx

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import speedup_table
 
 from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.bench.device import cpu_name, device_slug
@@ -32,7 +33,6 @@ from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.token_methods import prune_tokens
-from vitdeploy.report import format_table
 from vitdeploy.tokens.plan import with_spec
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,14 +98,6 @@ def main() -> None:
     summary = speedup_table(result.rows)
     write_bytes_atomic(stem.with_suffix(".summary.md"), (summary + "\n").encode())
     print(summary)
-
-
-def speedup_table(rows: list[dict]) -> str:
-    """Per plan: FLOPs ratio, FLOPs reduction and the measured throughput ratio to the baseline."""
-    base = next(r for r in rows if r["model"] == "baseline")
-    table = [[r["model"], f"{r['macs'] / base['macs']:.3f}", f"{base['macs'] / r['macs']:.2f}×",
-              f"{r['ratio_to_first']:.2f}×"] for r in rows if r["model"] != "baseline"]
-    return format_table(["plan", "FLOPs ratio", "FLOPs reduction", "measured speedup"], table)
 
 
 if __name__ == "__main__":

@@ -133,14 +133,17 @@ def test_inter_layer_scores_are_a_pmf_per_block(tiny):
 
 
 def test_star_spec_counts_follow_ceil_of_rate_times_tokens(tiny):
-    stats = star.StarStatistics(acs=[0.1, 0.2, 0.3, 0.4], inter_scores=[[1.0] * N] * 4)
+    """Layer l's rate applies to the tokens entering block l, by a step at the end of block l − 1."""
+    inter = [[float(layer + 1)] * N for layer in range(4)]
+    stats = star.StarStatistics(acs=[0.1, 0.2, 0.3, 0.4], inter_scores=inter)
     spec = star.star_spec(tiny.spec, stats, rho=0.25)
     rates = star.keep_rates(stats.acs, 0.25)
     expected, n = [], N
-    for rate in rates[1:3]:
+    for rate in rates[1:]:
         n = math.ceil(rate * n)
         expected.append(n)
-    assert [b.tokens.keep for b in spec.blocks] == [None, *expected, None]
+    assert [b.tokens.keep for b in spec.blocks] == [*expected, None]
+    assert [b.tokens.inter_scores[0] for b in spec.blocks[:3]] == [2.0, 3.0, 4.0]
 
 
 def test_trace_matches_the_fused_model(tiny):
@@ -199,11 +202,10 @@ def test_fixed_plan_exports_without_topk(tiny, tmp_path):
 
 @pytest.mark.parametrize("method", ["uniform", "cls-attn", "random", "star", "patch-slimming"])
 def test_target_flops_is_met_from_below(tiny, method):
-    """0.8: the tiny model's STAR steps sit at blocks 2 and 3 only, and reach down to ~0.75."""
-    config = TokenPruneConfig(method=method, target_flops=0.8, rounds=1, calib_batch=4, gamma=2)
+    config = TokenPruneConfig(method=method, target_flops=0.7, rounds=1, calib_batch=4, gamma=2)
     pruned, report = prune_tokens(tiny, config, images(8), progress=False)
-    assert report["flops_ratio"] <= 0.8 and report["flops_ratio"] == total_macs(pruned.spec) / total_macs(tiny.spec)
-    assert report["flops_ratio"] > 0.6
+    assert report["flops_ratio"] <= 0.7 and report["flops_ratio"] == total_macs(pruned.spec) / total_macs(tiny.spec)
+    assert report["flops_ratio"] > 0.5
 
 
 def test_unreachable_flops_target_is_a_user_error(tiny):
@@ -299,3 +301,8 @@ def test_eval_of_an_a_star_model_through_onnx_is_a_user_error(tiny):
     spec = tiny.spec.with_token_plan({1: star_step(8, 0.15, [1.0] * N, rate=0.5)})
     with pytest.raises(VitDeployError, match="--no-onnx"):
         evaluate_model(with_spec(tiny, spec), EvalOptions(data="fashion-mnist"))
+
+
+def test_low_uniform_rates_stop_adding_steps_at_one_token(tiny):
+    _, report = prune_tokens(tiny, TokenPruneConfig(method="uniform", rate=0.01), None, progress=False)
+    assert report["keep"] == [1, None, None, None]

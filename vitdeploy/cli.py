@@ -155,35 +155,48 @@ def _run_train(args) -> None:
 
 # --- prune -----------------------------------------------------------------------------------
 
+STRUCTURAL_METHODS = ("nvit", "sparse24")
 PRUNE_DESCRIPTION = """\
 Prune MODEL and save the result as a model directory (spec.json + weights.safetensors) with
 prune.json beside it: per-block token counts, FLOPs, calibration time and, with --eval, top-1.
 
 Token methods (no fine-tuning; the weights are unchanged, the spec gets a static token plan):
   patch-slimming  top-down fixed-position pyramid (Tang et al.); exports as constant Gathers
-  star            fused class-attention x offline LRP scores, ACS keep rates (Zhang et al.)
+  star            class attention fused with offline relevance (gradient x attention rollout)
+                  per patch position, ACS-derived keep rates (Zhang et al.)
   a-star          STAR with input-dependent counts: PyTorch evaluation only, never exported
   uniform         the same class-attention keep rate after every block but the last
   cls-attn        EViT-style class-attention top-k at a few blocks (--blocks, --package)
   random          the uniform schedule with random fixed positions
 Give --target-flops (a ratio of the unpruned model's FLOPs) or the method's own knob
-(--rho, --epsilon, --rate or --keep)."""
+(--rho, --epsilon, --rate or --keep).
+
+Structural methods (the weights change; --calib is the training data they fine-tune on):
+  nvit            NViT global structural pruning (Yang et al.): embed dim, heads, per-head QK/V
+                  dims and MLP neurons ranked by Hessian-aware importance minus a latency (or
+                  FLOPs) term, removed a few at a time with short distilled fine-tunes, then
+                  compacted into a smaller dense model; --target-flops or --target-latency-ms
+  sparse24        2:4 magnitude sparsity on every block Linear (dims must be multiples of 16:
+                  prune with nvit --round-to 16 first), optionally fine-tuned with the zeros kept"""
 
 
 def _add_prune(sub) -> None:
+    from vitdeploy.prune.nvit_config import CRITERIA, NViTConfig
     from vitdeploy.prune.token_config import TOKEN_METHODS, TokenPruneConfig
 
-    d = TokenPruneConfig(method="star")
-    p = sub.add_parser("prune", help="prune a ViT: static token plans (Patch Slimming, STAR, baselines)",
+    d, n = TokenPruneConfig(method="star"), NViTConfig()
+    p = sub.add_parser("prune", help="prune a ViT: token plans (Patch Slimming, STAR, baselines), NViT, 2:4",
                        description=PRUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--arch", help="registered architecture of a timm checkpoint")
-    p.add_argument("--method", required=True, choices=TOKEN_METHODS, help="pruning method (see above)")
+    p.add_argument("--method", required=True, choices=(*TOKEN_METHODS, *STRUCTURAL_METHODS),
+                   help="pruning method (see above)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--target-flops", type=float,
                    help="target FLOPs as a ratio of the unpruned model's, in (0, 1): the method's knob is bisected")
-    p.add_argument("--calib", metavar="DATA", help="calibration data (its train split): fashion-mnist or an "
-                                                    "ImageFolder directory; needed by patch-slimming, star, a-star")
+    p.add_argument("--calib", metavar="DATA", help="calibration / fine-tuning data (its train split): fashion-mnist "
+                                                    "or an ImageFolder directory; needed by patch-slimming, star, "
+                                                    "a-star and nvit")
     p.add_argument("--calib-size", type=int, default=d.calib_size,
                    help="calibration images drawn (seeded) from the train split (default: %(default)s)")
     p.add_argument("--eval", metavar="DATA", help="also report top-1 before and after on DATA's test split")
@@ -212,6 +225,25 @@ def _add_prune(sub) -> None:
     base.add_argument("--keep", help="explicit plan instead of --rate: " + KEEP_HELP.split(": ", 1)[1])
     base.add_argument("--blocks", help="cls-attn: blocks (from 1) that drop tokens (default: ¼, ½, ¾ of the depth)")
     base.add_argument("--package", action="store_true", help="cls-attn: fold dropped tokens into a package token")
+    nvit = p.add_argument_group("nvit / sparse24")
+    nvit.add_argument("--target-latency-ms", type=float, help="nvit: target predicted latency (needs --lut)")
+    nvit.add_argument("--lut", help="nvit: latency table for the latency term (default: FLOPs stand in)")
+    nvit.add_argument("--criterion", choices=CRITERIA, default=n.criterion, help="nvit (default: %(default)s)")
+    nvit.add_argument("--eta", type=float, default=n.eta, help="nvit: weight of the latency term (default: %(default)s)")
+    nvit.add_argument("--temperature", type=float, default=n.temperature,
+                      help="distillation temperature of the KL term to the unpruned model (default: %(default)s)")
+    nvit.add_argument("--prune-step", type=float, default=n.prune_step,
+                      help="nvit: cost removed per pruning step, as a share of the original (default: %(default)s)")
+    nvit.add_argument("--calib-batches", type=int, default=n.calib_batches,
+                      help="nvit: batches per importance estimate (default: %(default)s)")
+    nvit.add_argument("--batch-size", type=int, default=n.batch_size, help="fine-tuning batch (default: %(default)s)")
+    nvit.add_argument("--finetune-steps", type=int, default=n.finetune_steps,
+                      help="fine-tuning steps after each nvit step, or in all for sparse24 (default: %(default)s)")
+    nvit.add_argument("--final-finetune-steps", type=int, default=n.final_finetune_steps,
+                      help="nvit: fine-tuning steps at the end (default: %(default)s)")
+    nvit.add_argument("--lr", type=float, default=n.lr, help="fine-tuning peak learning rate (default: %(default)s)")
+    nvit.add_argument("--round-to", type=int, default=n.round_to,
+                      help="nvit: keep every dim a multiple of this; 16 if sparse24 follows (default: %(default)s)")
     p.set_defaults(run=_run_prune)
 
 
@@ -221,6 +253,20 @@ def _run_prune(args) -> None:
     from vitdeploy.evaluate import dataset_for
     from vitdeploy.models.checkpoint import save_artifact
     from vitdeploy.models.zoo import load_model
+
+    if args.threads < 1:
+        raise VitDeployError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, args.arch)
+    eval_data = dataset_for(model, args.eval, "test", args.eval_limit, args.resize) if args.eval else None
+    prune = {"nvit": _prune_nvit, "sparse24": _prune_sparse24}.get(args.method, _prune_tokens)
+    pruned, report, summary = prune(args, model, eval_data)
+    report.update(model=args.model, calib=args.calib, eval=args.eval, command=" ".join(["vitdeploy", *sys.argv[1:]]))
+    save_artifact(pruned, args.out, reports={"prune.json": report})
+    _print_json_or(args, report, summary(report, args.out))
+
+
+def _prune_tokens(args, model, eval_data):
     from vitdeploy.prune.calibrate import calibration_images
     from vitdeploy.prune.token_config import TokenPruneConfig
     from vitdeploy.prune.token_methods import prune_tokens
@@ -231,16 +277,47 @@ def _run_prune(args) -> None:
         rounds=args.rounds, epsilon=args.epsilon, granularity=args.granularity, rate=args.rate, keep=args.keep,
         blocks=args.blocks, package=args.package, calib_size=args.calib_size, calib_batch=args.calib_batch,
         seed=args.seed).validate()
-    if args.threads < 1:
-        raise VitDeployError("--threads must be at least 1")
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, args.arch)
     images = calibration_images(model, args.calib, args.calib_size, args.seed, args.resize) if args.calib else None
-    eval_data = dataset_for(model, args.eval, "test", args.eval_limit, args.resize) if args.eval else None
-    pruned, report = prune_tokens(model, config, images, eval_data, progress=not args.quiet)
-    report.update(model=args.model, calib=args.calib, eval=args.eval, command=" ".join(["vitdeploy", *sys.argv[1:]]))
-    save_artifact(pruned, args.out, reports={"prune.json": report})
-    _print_json_or(args, report, prune_summary(report, args.out))
+    return (*prune_tokens(model, config, images, eval_data, progress=not args.quiet), prune_summary)
+
+
+def _nvit_config(args):
+    from vitdeploy.prune.nvit_config import NViTConfig
+
+    target_flops = args.target_flops if args.target_flops is not None or args.target_latency_ms is None else None
+    return NViTConfig(
+        target_flops=target_flops, target_latency_ms=args.target_latency_ms, lut=args.lut, criterion=args.criterion,
+        eta=args.eta, temperature=args.temperature, prune_step=args.prune_step, calib_batches=args.calib_batches,
+        batch_size=args.batch_size, finetune_steps=args.finetune_steps, final_finetune_steps=args.final_finetune_steps,
+        lr=args.lr, round_to=args.round_to, seed=args.seed, threads=args.threads).validate()
+
+
+def _prune_nvit(args, model, eval_data):
+    from vitdeploy.evaluate import dataset_for
+    from vitdeploy.prune.structural import prune_nvit
+    from vitdeploy.report import nvit_summary
+
+    config = _nvit_config(args)
+    if args.target_latency_ms is not None and not args.lut:
+        raise VitDeployError("--target-latency-ms needs --lut FILE (a latency table for the target device)")
+    if not args.calib:
+        raise VitDeployError("--method nvit fine-tunes between pruning steps: give --calib DATA (its train split)")
+    train_data = dataset_for(model, args.calib, "train", resize=args.resize)
+    return (*prune_nvit(model, config, train_data, eval_data, progress=not args.quiet), nvit_summary)
+
+
+def _prune_sparse24(args, model, eval_data):
+    from vitdeploy.evaluate import dataset_for
+    from vitdeploy.prune.nvit_config import NViTConfig
+    from vitdeploy.prune.sparsity import sparsify_and_fine_tune
+    from vitdeploy.report import sparse24_summary
+
+    train_data = dataset_for(model, args.calib, "train", resize=args.resize) if args.calib else None
+    config = NViTConfig(batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
+                        threads=args.threads).train_config()
+    pruned, report = sparsify_and_fine_tune(model, train_data, args.finetune_steps if args.calib else 0, config,
+                                            eval_data, progress=not args.quiet)
+    return pruned, report, sparse24_summary
 
 
 # --- eval ------------------------------------------------------------------------------------
@@ -264,7 +341,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> None:
-    from vitdeploy.evaluate import EvalOptions, evaluate_model, eval_table
+    from vitdeploy.evaluate import EvalOptions, eval_table, evaluate_model
 
     options = EvalOptions(data=args.data, split=args.split, limit=args.limit, resize=args.resize,
                           with_onnx=not args.no_onnx, onnx_path=args.onnx, selection=args.selection)

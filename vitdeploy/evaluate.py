@@ -38,8 +38,12 @@ class EvalOptions:
 def dataset_for(model: ViT, source: str, split: str, limit: int | None = None, resize: bool = False):
     """A dataset preprocessed for ``model``: its image size, channels, mean and std."""
     spec = model.spec
-    return load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
-                        mean=spec.mean, std=spec.std, resize=resize, limit=limit)
+    dataset = load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
+                           mean=spec.mean, std=spec.std, resize=resize, limit=limit)
+    if len(dataset.classes) > spec.num_classes:
+        raise VitDeployError(f"{source} has {len(dataset.classes)} classes but the model's head has "
+                             f"{spec.num_classes}: use data labelled for this model")
+    return dataset
 
 
 @torch.no_grad()

@@ -94,3 +94,32 @@ def prune_summary(report: dict, out: str) -> str:
         lines.append(f"top-1 {report['top1']:.4f} (unpruned {report['baseline_top1']:.4f})")
     lines.append(f"saved {out} (calibration {report['calibration_seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def nvit_summary(report: dict, out: str) -> str:
+    """Per-block dims before → after of an NViT report, then params, MACs and accuracy."""
+    before, after = report["dims"]["before"], report["dims"]["after"]
+    rows = [(i, _dims(b), _dims(a)) for i, (b, a) in enumerate(zip(before["blocks"], after["blocks"]), start=1)]
+    lines = [f"embed dim {before['embed_dim']} → {after['embed_dim']}",
+             format_table(["block", "before: heads×qk/v, mlp", "after"], rows),
+             f"params {report['params']['ratio']:.3f}×, MACs {report['macs']['ratio']:.3f}× "
+             f"(compaction max abs diff {report['compaction_max_abs_diff']:.1e})"]
+    lines += _accuracy_lines(report.get("accuracy", {}))
+    lines.append(f"saved {out}")
+    return "\n".join(lines)
+
+
+def sparse24_summary(report: dict, out: str) -> str:
+    lines = [f"2:4 on {report['layers']} block Linears: {report['zeroed']} of {report['weights']} weights zeroed, "
+             f"pattern verified: {report['verified_after']}"]
+    lines += _accuracy_lines(report.get("accuracy", {}))
+    lines.append(f"saved {out}")
+    return "\n".join(lines)
+
+
+def _dims(block: dict) -> str:
+    return f"{block['heads']}×{block['qk_dim']}/{block['v_dim']}, {block['mlp_dim']}"
+
+
+def _accuracy_lines(accuracy: dict) -> list[str]:
+    return [f"top-1 {' → '.join(f'{name} {value:.4f}' for name, value in accuracy.items())}"] if accuracy else []

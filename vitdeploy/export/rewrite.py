@@ -123,7 +123,7 @@ def rewrite_onnx(
     outputs differ from the original's.
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    original = _load_model(in_path)
+    original = load_onnx(in_path)
     allowed_ops(target, model_opset(original))  # fail early on an unknown target
     specs = _input_specs(original)
     graph = _folded_graph_with_shapes(original, specs)
@@ -325,7 +325,8 @@ def _unique_tensor_name(graph: gs.Graph, base: str) -> str:
 # --- loading, folding and shapes -------------------------------------------------------------
 
 
-def _load_model(path: Path) -> onnx.ModelProto:
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Read an ONNX file; a missing or unreadable file raises ``VitDeployError``."""
     if not path.is_file():
         raise VitDeployError(f"{path}: no such ONNX file")
     try:

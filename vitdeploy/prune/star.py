@@ -14,9 +14,14 @@ ACS-derived keep rates, computed offline on calibration data.
 - Fusion (their Eq. 4): ``S ∝ S_intra^α · S_inter^(1−α)``, the KL centroid of the two pmfs.
 - Keep rates (their Eq. 5 and step 8): the average cosine similarity ACS_l of the tokens leaving
   block l, and ``p_l = (ρ−1)/(ACS_L−ACS_1)·ACS_l + (ACS_L − ρ·ACS_1)/(ACS_L−ACS_1)``, so p_1 = 1
-  and p_L = ρ; block l keeps ``ceil(p_l·N_l)`` of the N_l patch tokens entering it. Our steps
-  sit at the end of a block, and nothing after the last block is read but the class token, so
-  blocks 2 .. L−1 get steps.
+  and p_L = ρ; layer l keeps ``ceil(p_l·N_l)`` of the N_l patch tokens entering it.
+- Placement. STAR drops inside layer l, between its attention and its MLP; our token steps sit
+  at block ends (attention stays one fused op). Layer l's rate is therefore applied by a step
+  at the end of block l − 1, to the tokens entering block l, ranked by block l − 1's class
+  attention fused with S_l (the inter-layer score of exactly those tokens). Block l's
+  attention then also runs on the kept tokens, so at equal ρ our plan has slightly fewer FLOPs
+  than the paper's; placing the step at the end of block l instead would leave the last rate
+  unused and, on the 6-block reference model, could not go below 0.63× FLOPs.
 - a-STAR: per image, the fewest tokens whose normalised fused scores reach p_l (see
   ``vitdeploy.tokens.select.adaptive_keep_mask``): not a static graph, evaluated in PyTorch only.
 """
@@ -127,14 +132,15 @@ def keep_rates(acs: list[float], rho: float) -> list[float]:
 
 def star_spec(spec: ViTSpec, stats: StarStatistics, rho: float, alpha: float = 0.15,
               adaptive: bool = False) -> ViTSpec:
-    """The spec with STAR steps at ρ (static top-k, or a-STAR with ``adaptive``)."""
+    """The spec with STAR steps at ρ (static top-k, or a-STAR with ``adaptive``): layer l's rate
+    p_l, applied to the tokens entering block l by a step at the end of block l − 1."""
     if not 0 <= alpha <= 1:
         raise VitDeployError(f"α (--alpha) must be in [0, 1], got {alpha}")
     plan, n = {}, spec.num_patches
-    for index, rate in enumerate(keep_rates(stats.acs, rho)[:-1]):
+    for layer, rate in enumerate(keep_rates(stats.acs, rho)[1:], start=1):
         keep = math.ceil(rate * n)
         if keep < n:
-            plan[index] = TokenStep(keep=keep, selector="star", alpha=alpha, inter_scores=stats.inter_scores[index],
-                                    adaptive_rate=rate if adaptive else None)
+            plan[layer - 1] = TokenStep(keep=keep, selector="star", alpha=alpha, inter_scores=stats.inter_scores[layer],
+                                        adaptive_rate=rate if adaptive else None)
             n = keep
     return spec.with_token_plan(plan)

@@ -31,7 +31,7 @@ from vitdeploy.models.vit import ViT
 from vitdeploy.prune import patch_slimming, star
 from vitdeploy.prune.calibrate import require_dense_tokens
 from vitdeploy.prune.token_config import CALIBRATED_METHODS, TokenPruneConfig
-from vitdeploy.tokens.plan import keep_count, keep_plan_spec, parse_keep, with_spec
+from vitdeploy.tokens.plan import Keep, keep_count, parse_keep, with_spec
 
 BISECTION_STEPS = 30
 EPSILON_BISECTION_STEPS = 16
@@ -157,17 +157,21 @@ def _baseline_from_keep(spec: ViTSpec, config: TokenPruneConfig) -> ViTSpec:
     return _baseline_plan(spec, config, parse_keep(config.keep))
 
 
-def _baseline_plan(spec: ViTSpec, config: TokenPruneConfig, plan: dict) -> ViTSpec:
-    if config.method != "random":
-        return keep_plan_spec(spec, plan, package=config.package)
+def _baseline_plan(spec: ViTSpec, config: TokenPruneConfig, plan: dict[int, Keep]) -> ViTSpec:
+    """Class-attention steps (or random fixed positions); a rate that would keep every token
+    left (down to one) adds no step, while an explicit count above the tokens is an error."""
     generator = torch.Generator().manual_seed(config.seed)
     steps, n = {}, spec.num_patches
     for index in sorted(plan):
         keep = keep_count(plan[index], n)
-        if keep < n:
+        if isinstance(plan[index], float) and keep >= n:
+            continue
+        if config.method == "random":
             positions = torch.randperm(n, generator=generator)[:keep].sort().values.tolist()
             steps[index] = TokenStep(keep=keep, selector="fixed", positions=positions)
-            n = keep
+        else:
+            steps[index] = TokenStep(keep=keep, selector="cls_attn", package=config.package)
+        n = keep
     return spec.with_token_plan(steps)
 
 

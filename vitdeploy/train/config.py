@@ -25,12 +25,18 @@ class TrainConfig:
     limit: int | None = None
     init: str | None = None
     """A model directory to start from (fine-tuning) instead of a seeded random init."""
+    distill_temperature: float = 1.0
+    """Temperature τ of the distillation term, used only when a teacher is given."""
+    distill_weight: float = 1.0
+    """Weight α of the distillation term: loss = CE + α·τ²·KL(teacher ‖ student) at temperature τ."""
 
     def validate(self) -> "TrainConfig":
         if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
             raise VitDeployError("--epochs, --batch-size and --threads must be at least 1")
         if not self.lr > 0:
             raise VitDeployError("--lr must be positive")
+        if not self.distill_temperature > 0 or self.distill_weight < 0:
+            raise VitDeployError("the distillation temperature must be positive and its weight at least 0")
         return self
 
     def command(self, out: str) -> str:

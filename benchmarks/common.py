@@ -1,8 +1,10 @@
-"""Plots shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, so this imports as ``plots``)."""
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/NAME.py``, so this imports as ``common``)."""
 
 from __future__ import annotations
 
 import io
+
+from vitdeploy.report import format_table
 
 
 def accuracy_flops_png(series: dict[str, list[tuple[float, float]]], baseline_top1: float, title: str) -> bytes:
@@ -25,3 +27,12 @@ def accuracy_flops_png(series: dict[str, list[tuple[float, float]]], baseline_to
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def speedup_table(rows: list[dict]) -> str:
+    """Per model and batch of a ``BenchResult``: FLOPs ratio, FLOPs reduction and the measured
+    throughput ratio to the first model (the baseline)."""
+    base_macs = rows[0]["macs"]
+    table = [[r["model"], r["batch"], f"{r['macs'] / base_macs:.3f}", f"{base_macs / r['macs']:.2f}×",
+              f"{r['ratio_to_first']:.2f}×"] for r in rows if r["model"] != rows[0]["model"]]
+    return format_table(["model", "batch", "FLOPs ratio", "FLOPs reduction", "measured speedup"], table)
