@@ -1,11 +1,12 @@
 """Measured ONNX Runtime CPU speedup of static token plans against their FLOPs ratio, interleaved.
 
-    .venv/bin/python benchmarks/token_pruning_speed.py fmnist   # every static plan of token-pruning-fmnist.json
+    .venv/bin/python benchmarks/token_pruning_speed.py fmnist --batch 8,64 --iters 200 --rounds 10
+                                                   # every static plan of token-pruning-fmnist.json
     .venv/bin/python benchmarks/token_pruning_speed.py deit     # DeiT-S shapes, each method at 0.75× and 0.6× FLOPs
     .venv/bin/python benchmarks/token_pruning_speed.py deit --plans-only   # compute the DeiT-S plans, no timing
 
 All models of a run are exported through the checked exporter, built once, and timed interleaved
-in one process (batch 8, 2 threads). The DeiT-S plans come from each method run on the seeded
+in one process (batch 8 by default, 2 threads). The DeiT-S plans come from each method run on the seeded
 random-init DeiT-S with Gaussian-noise calibration images: their accuracy means nothing, but
 their shapes and operators are those of real plans, which is what latency depends on.
 Writes benchmarks/results/token-pruning-speed-<model>-<cpu>-onnxruntime.{json,md,png}.
@@ -27,7 +28,7 @@ from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.bench.device import cpu_name, device_slug
 from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.report import write_result
-from vitdeploy.bench.run import bench_sources
+from vitdeploy.bench.run import bench_sources, parse_batches
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.zoo import load_model
@@ -77,6 +78,7 @@ def compute_deit_plans() -> dict[str, ViTSpec]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=("fmnist", "deit"))
+    parser.add_argument("--batch", default="8", help="batch sizes, e.g. 8,64")
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--plans-only", action="store_true", help="compute and store the plans, time nothing")
@@ -86,13 +88,14 @@ def main() -> None:
     if args.plans_only:
         return
     base = load_model(ref)
-    config = BuildConfig(batch_sizes=(8,), threads=2)
+    config = BuildConfig(batch_sizes=parse_batches(args.batch), threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"baseline": ModelSource(ref, tmp, model=base)}
         sources.update({name: ModelSource(name, tmp, model=with_spec(base, spec)) for name, spec in plans.items()})
         result = bench_sources(sources, "onnxruntime", config, TimingPlan(warmup=10, iters=args.iters,
                                                                           rounds=args.rounds), progress=True)
-    result.config["command"] = f"python benchmarks/token_pruning_speed.py {args.model}"
+    result.config["command"] = (f"python benchmarks/token_pruning_speed.py {args.model} --batch {args.batch} "
+                                f"--iters {args.iters} --rounds {args.rounds}")
     stem = RESULTS / f"token-pruning-speed-{ref}-{device_slug(cpu_name())}-onnxruntime"
     write_result(result, stem)
     summary = speedup_table(result.rows)

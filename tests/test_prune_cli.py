@@ -74,3 +74,29 @@ def test_data_with_more_classes_than_the_head_exits_2(tmp_path):
     save_artifact(tiny_model(), path)
     result = run_cli("eval", path, "--resize", "--limit", "10", "--no-onnx")
     assert result.returncode == 2 and "10 classes" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--selectors", "9"], "--selectors"),
+    (["--budget-flops", "0"], "budget"),
+    (["--budget-flops", "1.5"], "budget"),
+])
+def test_spvit_user_errors_exit_2(artifact, tmp_path, args, message):
+    out = tmp_path / "p"
+    result = run_cli("prune", artifact, "--method", "spvit", "--data", "fashion-mnist", *args, "--out", out)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_spvit_trains_and_saves_a_static_model(artifact, tmp_path):
+    out = tmp_path / "spvit"
+    result = run_cli("prune", artifact, "--method", "spvit", "--data", "fashion-mnist", "--resize", "--limit", "64",
+                     "--eval-limit", "64", "--epochs", "1", "--batch-size", "32", "--budget-flops", "0.7",
+                     "--out", out, "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["flops_ratio"] <= 0.7 + 1e-9
+    spec = json.loads((out / "spec.json").read_text())
+    assert [b["tokens"]["selector"] for b in spec["blocks"] if b["tokens"]["keep"]] == ["spvit"] * len(report["phases"])
+    assert (tmp_path / "spvit.spvit-work" / "checkpoint.pt").is_file()

@@ -156,6 +156,7 @@ def _run_train(args) -> None:
 # --- prune -----------------------------------------------------------------------------------
 
 STRUCTURAL_METHODS = ("nvit", "sparse24")
+LEARNED_METHODS = ("spvit",)
 PRUNE_DESCRIPTION = """\
 Prune MODEL and save the result as a model directory (spec.json + weights.safetensors) with
 prune.json beside it: per-block token counts, FLOPs, calibration time and, with --eval, top-1.
@@ -177,7 +178,14 @@ Structural methods (the weights change; --calib is the training data they fine-t
                   FLOPs) term, removed a few at a time with short distilled fine-tunes, then
                   compacted into a smaller dense model; --target-flops or --target-latency-ms
   sparse24        2:4 magnitude sparsity on every block Linear (dims must be multiples of 16:
-                  prune with nvit --round-to 16 first), optionally fine-tuned with the zeros kept"""
+                  prune with nvit --round-to 16 first), optionally fine-tuned with the zeros kept
+
+Learned token selectors (trained on --data; checkpoints in OUT.spvit-work/, resumed if found):
+  spvit           SPViT (Kong et al.): multi-head token selectors after --selectors, a package
+                  token, a computation-aware loss for --budget-flops. Training decides per
+                  image (Gumbel-softmax); the saved model and its export keep a static
+                  k = round(rho_i x N) tokens per phase (top-k, no sort), so the per-image
+                  adaptive count exists only in training and PyTorch evaluation."""
 
 
 def _add_prune(sub) -> None:
@@ -189,7 +197,7 @@ def _add_prune(sub) -> None:
                        description=PRUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--arch", help="registered architecture of a timm checkpoint")
-    p.add_argument("--method", required=True, choices=(*TOKEN_METHODS, *STRUCTURAL_METHODS),
+    p.add_argument("--method", required=True, choices=(*TOKEN_METHODS, *STRUCTURAL_METHODS, *LEARNED_METHODS),
                    help="pruning method (see above)")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--target-flops", type=float,
@@ -223,7 +231,8 @@ def _add_prune(sub) -> None:
     base = p.add_argument_group("uniform / cls-attn / random")
     base.add_argument("--rate", type=float, help="share of the patch tokens kept at each step, in (0, 1)")
     base.add_argument("--keep", help="explicit plan instead of --rate: " + KEEP_HELP.split(": ", 1)[1])
-    base.add_argument("--blocks", help="cls-attn: blocks (from 1) that drop tokens (default: ¼, ½, ¾ of the depth)")
+    base.add_argument("--blocks", help="cls-attn: blocks (from 1) after which tokens drop (default: after ¼, ½, ¾ of the depth, "
+                           "e.g. 3,6,9 of 12)")
     base.add_argument("--package", action="store_true", help="cls-attn: fold dropped tokens into a package token")
     nvit = p.add_argument_group("nvit / sparse24")
     nvit.add_argument("--target-latency-ms", type=float, help="nvit: target predicted latency (needs --lut)")
@@ -244,7 +253,29 @@ def _add_prune(sub) -> None:
     nvit.add_argument("--lr", type=float, default=n.lr, help="fine-tuning peak learning rate (default: %(default)s)")
     nvit.add_argument("--round-to", type=int, default=n.round_to,
                       help="nvit: keep every dim a multiple of this; 16 if sparse24 follows (default: %(default)s)")
+    _spvit_arguments(p.add_argument_group("spvit"))
     p.set_defaults(run=_run_prune)
+
+
+def _spvit_arguments(group) -> None:
+    from vitdeploy.prune.spvit_config import SPViTConfig
+
+    d = SPViTConfig()
+    group.add_argument("--data", metavar="DATA", help="spvit: training data (its train split)")
+    group.add_argument("--budget-flops", type=float, default=d.budget_flops,
+                       help="spvit: FLOPs budget as a ratio of the unpruned model's, in (0, 1] (default: %(default)s)")
+    group.add_argument("--selectors", help="spvit: blocks (from 1) followed by a selector (default: after ¼, ½, ¾ "
+                                           "of the depth, e.g. 3,6,9 of 12)")
+    group.add_argument("--epochs", type=int, default=d.epochs, help="spvit (default: %(default)s)")
+    group.add_argument("--lr-selector", type=float, default=d.lr_selector, help="spvit (default: %(default)s)")
+    group.add_argument("--lr-backbone", type=float, default=d.lr_backbone, help="spvit (default: %(default)s)")
+    group.add_argument("--no-package", action="store_true", help="spvit: drop tokens without a package token")
+    group.add_argument("--package-mode", choices=("add", "concat"), default=d.package_mode,
+                       help="spvit: add each phase's package token to the previous one, or keep both "
+                            "(default: %(default)s)")
+    group.add_argument("--selector-heads", type=int, help="spvit: selector heads (default: the block's)")
+    group.add_argument("--limit", type=int, help="spvit: train on the first N images only")
+    group.add_argument("--no-resume", action="store_true", help="spvit: start afresh even if a checkpoint exists")
 
 
 def _run_prune(args) -> None:
@@ -259,7 +290,7 @@ def _run_prune(args) -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, args.arch)
     eval_data = dataset_for(model, args.eval, "test", args.eval_limit, args.resize) if args.eval else None
-    prune = {"nvit": _prune_nvit, "sparse24": _prune_sparse24}.get(args.method, _prune_tokens)
+    prune = {"nvit": _prune_nvit, "sparse24": _prune_sparse24, "spvit": _prune_spvit}.get(args.method, _prune_tokens)
     pruned, report, summary = prune(args, model, eval_data)
     report.update(model=args.model, calib=args.calib, eval=args.eval, command=" ".join(["vitdeploy", *sys.argv[1:]]))
     save_artifact(pruned, args.out, reports={"prune.json": report})
@@ -304,6 +335,25 @@ def _prune_nvit(args, model, eval_data):
         raise VitDeployError("--method nvit fine-tunes between pruning steps: give --calib DATA (its train split)")
     train_data = dataset_for(model, args.calib, "train", resize=args.resize)
     return (*prune_nvit(model, config, train_data, eval_data, progress=not args.quiet), nvit_summary)
+
+
+def _prune_spvit(args, model, eval_data):
+    from vitdeploy.evaluate import dataset_for
+    from vitdeploy.prune.spvit import prune_spvit
+    from vitdeploy.prune.spvit_config import SPViTConfig, parse_selectors
+    from vitdeploy.report import spvit_summary
+
+    config = SPViTConfig(
+        budget_flops=args.budget_flops, selectors=parse_selectors(args.selectors) if args.selectors else None,
+        epochs=args.epochs, batch_size=args.batch_size, lr_selector=args.lr_selector, lr_backbone=args.lr_backbone,
+        package=not args.no_package, package_mode=args.package_mode, selector_heads=args.selector_heads,
+        limit=args.limit, seed=args.seed, threads=args.threads, resume=not args.no_resume).validate(model.spec.depth)
+    if not args.data:
+        raise VitDeployError("--method spvit trains its selectors: give --data DATA (its train split)")
+    train_data = dataset_for(model, args.data, "train", resize=args.resize)
+    eval_data = eval_data or dataset_for(model, args.data, "test", args.eval_limit, args.resize)
+    return (*prune_spvit(model, config, train_data, eval_data, f"{args.out}.spvit-work",
+                         progress=not args.quiet), spvit_summary)
 
 
 def _prune_sparse24(args, model, eval_data):

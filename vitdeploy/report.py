@@ -82,11 +82,7 @@ def export_summary(report: dict, json_path: Path) -> str:
 
 def prune_summary(report: dict, out: str) -> str:
     """Per-block patch tokens of a token-pruning report, then FLOPs and accuracy."""
-    rows = [(i, n, keep if keep is not None else "") for i, (n, keep) in
-            enumerate(zip(report["patch_tokens_entering"], report["keep"]), start=1)]
-    lines = [format_table(["block", "patch tokens in", "keep after"], rows),
-             f"{report['method']}: FLOPs {report['flops_ratio']:.3f}x of the unpruned model "
-             f"({report['macs'] / 1e6:.1f} / {report['baseline_macs'] / 1e6:.1f} MMACs)"]
+    lines = _token_plan_lines(report)
     if "adaptive_flops_ratio" in report:
         lines.append(f"a-STAR mean FLOPs over the evaluated images: {report['adaptive_flops_ratio']:.3f}x "
                      "(the static counts above are upper bounds)")
@@ -94,6 +90,22 @@ def prune_summary(report: dict, out: str) -> str:
         lines.append(f"top-1 {report['top1']:.4f} (unpruned {report['baseline_top1']:.4f})")
     lines.append(f"saved {out} (calibration {report['calibration_seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def spvit_summary(report: dict, out: str) -> str:
+    lines = _token_plan_lines(report)
+    lines.append(f"top-1 {report['top1']:.4f} at the best epoch ({report['best_epoch']}; unpruned "
+                 f"{report['teacher_top1']:.4f})")
+    lines.append(f"saved {out}")
+    return "\n".join(lines)
+
+
+def _token_plan_lines(report: dict) -> list[str]:
+    rows = [(i, n, keep if keep is not None else "") for i, (n, keep) in
+            enumerate(zip(report["patch_tokens_entering"], report["keep"]), start=1)]
+    return [format_table(["block", "patch tokens in", "keep after"], rows),
+            f"{report['method']}: FLOPs {report['flops_ratio']:.3f}x of the unpruned model "
+            f"({report['macs'] / 1e6:.1f} / {report['baseline_macs'] / 1e6:.1f} MMACs)"]
 
 
 def nvit_summary(report: dict, out: str) -> str:

@@ -7,8 +7,10 @@ baselines. Baselines:
 
 - ``uniform``: after every block but the last, keep the same share of the tokens entering it,
   ranked by class attention;
-- ``cls-attn``: EViT-style, class-attention top-k at a few blocks only (by default at ¼, ½ and
-  ¾ of the depth: blocks 4, 7 and 10 of 12), optionally folding the rest into a package token;
+- ``cls-attn``: EViT-style, class-attention top-k at a few blocks only, optionally folding the
+  rest into a package token. EViT drops tokens inside layers 4, 7 and 10 of 12, between their
+  attention and MLP; our steps sit at block ends, so the default is after blocks 3, 6 and 9
+  (after ¼, ½ and ¾ of the depth);
 - ``random``: the uniform schedule with random fixed positions (seeded).
 """
 
@@ -138,8 +140,8 @@ def _baseline_steps(spec: ViTSpec, config: TokenPruneConfig) -> list[int]:
     """0-based blocks that drop tokens: every block but the last, or cls-attn's few."""
     if config.method != "cls-attn":
         return list(range(spec.depth - 1))
-    if config.blocks is None:
-        return sorted({min(spec.depth - 2, round(i * spec.depth / 4)) for i in (1, 2, 3)})
+    if config.blocks is None:  # EViT drops inside layers L/4+1, L/2+1, 3L/4+1: our steps end the block before
+        return sorted({min(spec.depth - 2, max(0, round(i * spec.depth / 4) - 1)) for i in (1, 2, 3)})
     try:
         blocks = sorted({int(b) - 1 for b in config.blocks.split(",") if b.strip()})
     except ValueError:

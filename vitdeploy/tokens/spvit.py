@@ -10,13 +10,15 @@ heads:
     a        = sigmoid(Linear(H/2, H)(GELU(Linear(H, H/2)(mean over each head's channels of X))))
     T        = Σ_i t_i[keep] · a_i / Σ_i a_i
 
-``T`` (B, N) is each token's keep probability. At inference a static top-k of T picks the kept
-tokens; training samples keep/drop decisions from it with Gumbel-softmax.
+``T`` (B, N) is each token's keep probability. At inference a static top-k of log T (computed in
+log space, so confident tokens do not tie at T = 1.0) picks the kept tokens, and T weighs the
+package token; training samples keep/drop decisions from T with Gumbel-softmax.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 KEEP = 0
@@ -39,11 +41,17 @@ class SPViTSelector(nn.Module):
                                    nn.Linear(_half(d), _half(_half(d))), nn.GELU(),
                                    nn.Linear(_half(_half(d)), 2))
         self.head_weights = nn.Sequential(nn.Linear(heads, _half(heads)), nn.GELU(),
-                                          nn.Linear(_half(heads), heads), nn.Sigmoid())
+                                          nn.Linear(_half(heads), heads))
+        """Logits of the head weights a = sigmoid(·)."""
 
     def forward(self, x: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
-        """Keep probabilities (B, N) of patch tokens ``x`` (B, N, C); ``alive`` (B, N) of 0/1 marks
-        the tokens that count towards the global feature (all of them when None)."""
+        """Keep probabilities T (B, N) of patch tokens ``x`` (B, N, C); ``alive`` (B, N) of 0/1
+        marks the tokens that count towards the global feature (all of them when None)."""
+        return self.log_keep(x, alive).exp()
+
+    def log_keep(self, x: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """log T, computed in log space: it ranks tokens exactly as T does, but does not round to
+        log 1 = 0 for confident tokens, where T itself saturates at 1.0 and top-k would face ties."""
         batch, n, dim = x.shape
         per_head = x.reshape(batch, n, self.heads, dim // self.heads)
         local = self.local(per_head)
@@ -53,9 +61,9 @@ class SPViTSelector(nn.Module):
             weights = alive.to(x.dtype)[:, :, None, None]
             global_ = (local * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         features = torch.cat([local, global_.expand_as(local)], dim=-1)
-        keep = torch.softmax(self.score(features), dim=-1)[..., KEEP]
-        a = self.head_weights(per_head.mean(dim=-1))
-        return (keep * a).sum(dim=-1) / a.sum(dim=-1)
+        log_t = torch.log_softmax(self.score(features), dim=-1)[..., KEEP]
+        log_a = F.logsigmoid(self.head_weights(per_head.mean(dim=-1)))
+        return torch.logsumexp(log_t + log_a, dim=-1) - torch.logsumexp(log_a, dim=-1)
 
     @staticmethod
     def macs_per_token(dim: int, heads: int) -> int:
