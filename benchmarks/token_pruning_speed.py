@@ -4,12 +4,14 @@
                                                    # every static plan of token-pruning-fmnist.json
     .venv/bin/python benchmarks/token_pruning_speed.py deit     # DeiT-S shapes, each method at 0.75× and 0.6× FLOPs
     .venv/bin/python benchmarks/token_pruning_speed.py deit --plans-only   # compute the DeiT-S plans, no timing
+    .venv/bin/python benchmarks/token_pruning_speed.py spvit --batch 8,64 --iters 200 --rounds 10
+                                                   # the static SPViT graphs of spvit-fmnist.json
 
 All models of a run are exported through the checked exporter, built once, and timed interleaved
 in one process (batch 8 by default, 2 threads). The DeiT-S plans come from each method run on the seeded
 random-init DeiT-S with Gaussian-noise calibration images: their accuracy means nothing, but
 their shapes and operators are those of real plans, which is what latency depends on.
-Writes benchmarks/results/token-pruning-speed-<model>-<cpu>-onnxruntime.{json,md,png}.
+Writes benchmarks/results/token-pruning-speed-<model>-<cpu>-onnxruntime.{json,md,png} (spvit-speed-… for spvit).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.report import write_result
 from vitdeploy.bench.run import bench_sources, parse_batches
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
-from vitdeploy.models.spec import ViTSpec
+from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.zoo import load_model
+from vitdeploy.prune.spvit import student_from
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.tokens.plan import with_spec
@@ -52,6 +55,21 @@ def fmnist_plans() -> tuple[str, dict[str, ViTSpec]]:
     rows = json.loads((RESULTS / "token-pruning-fmnist.json").read_text())["rows"]
     return "fmnist_vit", {f"{r['method']}@{r['target_flops']}": ViTSpec.from_dict(r["spec"])
                           for r in rows if "export" in r}
+
+
+def spvit_plans() -> tuple[str, dict[str, ViTSpec]]:
+    """The static SPViT graphs of spvit-fmnist.json, rebuilt from their keep counts and settings
+    (the selectors' weights do not change the shapes or operators, so the seeded init stands in)."""
+    base = load_model("fmnist_vit").spec
+    plans = {}
+    for row in json.loads((RESULTS / "spvit-fmnist.json").read_text())["rows"]:
+        if row["method"].startswith("spvit"):
+            config = row["config"]
+            steps = {b: TokenStep(keep=k, selector="spvit", package=config["package"],
+                                  package_mode=config["package_mode"], selector_heads=config["selector_heads"])
+                     for b, k in enumerate(row["keep"]) if k is not None}
+            plans[f"{row['method']}@{row['budget']}"] = base.with_token_plan(steps)
+    return "fmnist_vit", plans
 
 
 def deit_plans() -> tuple[str, dict[str, ViTSpec]]:
@@ -75,28 +93,36 @@ def compute_deit_plans() -> dict[str, ViTSpec]:
     return plans
 
 
+def plan_model(base, spec: ViTSpec):
+    """``base``'s weights under ``spec``; SPViT selectors get spvit.student_from's seeded init."""
+    if any(b.tokens.selector == "spvit" for b in spec.blocks):
+        return student_from(base, spec, seed=0).eval()
+    return with_spec(base, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=("fmnist", "deit"))
+    parser.add_argument("model", choices=("fmnist", "deit", "spvit"))
     parser.add_argument("--batch", default="8", help="batch sizes, e.g. 8,64")
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--plans-only", action="store_true", help="compute and store the plans, time nothing")
     args = parser.parse_args()
     torch.set_num_threads(1 if args.plans_only else 2)
-    ref, plans = fmnist_plans() if args.model == "fmnist" else deit_plans()
+    ref, plans = {"fmnist": fmnist_plans, "deit": deit_plans, "spvit": spvit_plans}[args.model]()
     if args.plans_only:
         return
     base = load_model(ref)
     config = BuildConfig(batch_sizes=parse_batches(args.batch), threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"baseline": ModelSource(ref, tmp, model=base)}
-        sources.update({name: ModelSource(name, tmp, model=with_spec(base, spec)) for name, spec in plans.items()})
+        sources.update({name: ModelSource(name, tmp, model=plan_model(base, spec)) for name, spec in plans.items()})
         result = bench_sources(sources, "onnxruntime", config, TimingPlan(warmup=10, iters=args.iters,
                                                                           rounds=args.rounds), progress=True)
     result.config["command"] = (f"python benchmarks/token_pruning_speed.py {args.model} --batch {args.batch} "
                                 f"--iters {args.iters} --rounds {args.rounds}")
-    stem = RESULTS / f"token-pruning-speed-{ref}-{device_slug(cpu_name())}-onnxruntime"
+    prefix = "spvit-speed" if args.model == "spvit" else "token-pruning-speed"
+    stem = RESULTS / f"{prefix}-{ref}-{device_slug(cpu_name())}-onnxruntime"
     write_result(result, stem)
     summary = speedup_table(result.rows)
     write_bytes_atomic(stem.with_suffix(".summary.md"), (summary + "\n").encode())
