@@ -100,13 +100,8 @@ def static_plan(spec: ViTSpec, config: SPViTConfig) -> tuple[ViTSpec, list[float
     """The static inference spec meeting ``config.budget_flops`` and its keep targets ρ_i = k_i / N."""
     blocks = config.selector_blocks(spec.depth)
     make = lambda rate: spvit_spec(spec, {b: rate ** (i + 1) for i, b in enumerate(blocks)}, config)
-    base = total_macs(spec)
-    floor = total_macs(make(RATE_BOUNDS[0])) / base
-    if floor > config.budget_flops:
-        raise VitDeployError(f"--budget-flops {config.budget_flops:g} cannot be reached with selectors after blocks "
-                             f"{', '.join(str(b + 1) for b in blocks)}: keeping the fewest tokens at each still costs "
-                             f"{floor:.3f}× the FLOPs; raise the budget or place the first selector earlier")
-    _, plan = solve_for_flops(make, config.budget_flops, base, RATE_BOUNDS, "the keep-rate schedule")
+    _, plan = solve_for_flops(make, config.budget_flops, total_macs(spec), RATE_BOUNDS, "the keep-rate schedule",
+                              flag="--budget-flops")
     return plan, [plan.blocks[b].tokens.keep / spec.num_patches for b in blocks]
 
 

@@ -110,8 +110,11 @@ def _knob(value, make: Callable[[float], ViTSpec], target: float | None, base: V
 
 def solve_for_flops(make: Callable[[float], ViTSpec], target: float, base_macs: int, bounds: tuple[float, float],
                     name: str, log: bool = False, increasing: bool = True, steps: int = BISECTION_STEPS,
-                    progress: bool = False) -> tuple[float, ViTSpec]:
-    """Bisect a knob whose FLOPs ratio is monotone in it; keep the best plan at or under ``target``."""
+                    progress: bool = False, flag: str = "--target-flops") -> tuple[float, ViTSpec]:
+    """Bisect a knob whose FLOPs ratio is monotone in it; keep the best plan at or under ``target``.
+
+    An unreachable target raises ``VitDeployError`` naming ``flag``, the option the user set it with.
+    """
     lo, hi = (math.log(b) for b in bounds) if log else bounds
     to_knob = math.exp if log else float
     cheapest = to_knob(lo if increasing else hi)
@@ -130,7 +133,7 @@ def solve_for_flops(make: Callable[[float], ViTSpec], target: float, base_macs: 
         spec = make(cheapest)
         floor = total_macs(spec) / base_macs
         if floor > target:
-            raise VitDeployError(f"--target-flops {target:g} cannot be reached: the fewest FLOPs this method gives "
+            raise VitDeployError(f"{flag} {target:g} cannot be reached: the fewest FLOPs this method gives "
                                  f"is {floor:.3f}× (at {name} = {cheapest:g})")
         best = (cheapest, spec, floor)
     return best[0], best[1]
