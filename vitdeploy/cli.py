@@ -315,9 +315,8 @@ def _prune_tokens(args, model, eval_data):
 def _nvit_config(args):
     from vitdeploy.prune.nvit_config import NViTConfig
 
-    target_flops = args.target_flops if args.target_flops is not None or args.target_latency_ms is None else None
     return NViTConfig(
-        target_flops=target_flops, target_latency_ms=args.target_latency_ms, lut=args.lut, criterion=args.criterion,
+        target_flops=args.target_flops, target_latency_ms=args.target_latency_ms, lut=args.lut, criterion=args.criterion,
         eta=args.eta, temperature=args.temperature, prune_step=args.prune_step, calib_batches=args.calib_batches,
         batch_size=args.batch_size, finetune_steps=args.finetune_steps, final_finetune_steps=args.final_finetune_steps,
         lr=args.lr, round_to=args.round_to, seed=args.seed, threads=args.threads).validate()
