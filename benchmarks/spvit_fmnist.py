@@ -3,15 +3,18 @@ equal FLOPs, with ablations (no package token, single-head selector).
 
     .venv/bin/python benchmarks/spvit_fmnist.py
 
-CPU budget (2 shared cores): every SPViT run trains 2 epochs on the first 10k train images
-(not the 60k), batch 64, one thread; the best epoch is chosen on train images 55000..59999
-(outside SPViT's training subset, though the shipped model saw them in its own training), and
+CPU budget (2 shared cores): every SPViT run trains 3 epochs on the first 10k train images
+(not the 60k), batch 64, one thread, with λ_ratio = 10 (``spvit-ratio-2``: the paper's 2, at
+which these short runs overshoot their keep targets; see ``SPViTConfig.lambda_ratio``). The best
+epoch is chosen on train images 55000..59999 (outside SPViT's training subset, though the
+shipped model saw them in its own training), and
 top-1 is then measured on the full 10k test split. Baselines choose a token plan for the
 shipped weights at the FLOPs ratio the SPViT run reached, without training (STAR, uniform and
 class-attention top-k, as in benchmarks/token_pruning_fmnist.py; ``cls-attn`` drops tokens after
 the same blocks as SPViT). ``cls-attn+ft`` is that class-attention plan fine-tuned with SPViT's
 steps, backbone learning rate and logit distillation, which separates the learned selection from
-the fine-tuning. Every static SPViT model is exported with ``export_onnx`` (audit + parity).
+the fine-tuning. Every static SPViT model is exported with ``export_onnx`` (audit + parity, on
+random-normal inputs and on 64 test images).
 Checkpoints go to ``--work`` (default /tmp/vitdeploy-spvit-bench), so an interrupted run resumes.
 Writes benchmarks/results/spvit-fmnist.{json,md,png}.
 """
@@ -51,9 +54,10 @@ STEM = "spvit-fmnist"
 BUDGETS = (0.7, 0.5)
 VALIDATION = range(55000, 60000)
 CALIB_SIZE, SEED = 512, 0
-BASE = SPViTConfig(epochs=2, batch_size=64, limit=10000, threads=1, seed=SEED)
+BASE = SPViTConfig(epochs=3, batch_size=64, limit=10000, threads=1, seed=SEED, lambda_ratio=10.0)
 VARIANTS = {
     "spvit": {},
+    "spvit-ratio-2": {"lambda_ratio": 2.0},
     "spvit-no-package": {"package": False},
     "spvit-1-head": {"selector_heads": 1},
 }
@@ -117,14 +121,20 @@ def spvit_row(model, name, config, train_set, validation, test_set, work: Path, 
 
 
 def export_result(model, path: Path, selection: str) -> dict:
-    """Audit and parity of the export, or the check that refused it (exact ties in T make
-    top-k choose arbitrarily among the tied tokens, and ONNX Runtime may choose others)."""
-    try:
-        exported = export_onnx(model, path, ExportConfig(selection=selection))
-    except VitDeployError as exc:
-        return {"passed": False, "error": str(exc)}
-    return {"passed": True, "audit_passed": exported.audit.passed,
-            "parity_max_abs_diff": exported.parity.max_abs_diff}
+    """The checked export with parity on random-normal inputs (the default) and on 64 test images:
+    the selectors can score noise so evenly that float rounding flips a top-k choice."""
+    results = {}
+    for inputs, config in (("noise", ExportConfig(selection=selection)),
+                           ("images", ExportConfig(selection=selection, parity_data="fashion-mnist",
+                                                   parity_batches=(1, 64)))):
+        try:
+            exported = export_onnx(model, path, config)
+        except VitDeployError as exc:
+            results[inputs] = {"passed": False, "error": str(exc).split(". ")[0]}
+            continue
+        results[inputs] = {"passed": True, "audit_passed": exported.audit.passed,
+                           "parity_max_abs_diff": exported.parity.max_abs_diff}
+    return results
 
 
 def baseline_row(model, name, config, images, test_set, budget) -> dict:
@@ -137,15 +147,17 @@ def baseline_row(model, name, config, images, test_set, budget) -> dict:
             "keep": report["keep"], "fine_tuned": False}
 
 
-def fine_tuned_row(model, spvit: dict, train_full, test_set, budget) -> dict:
-    """Class-attention top-k at SPViT's blocks, fine-tuned with SPViT's steps, backbone lr and KL weight."""
+def fine_tuned_row(model, spvit: dict, train_full, test_set, budget, settings: SPViTConfig = BASE) -> dict:
+    """Class-attention top-k at SPViT's blocks, fine-tuned with the steps, backbone lr and KL weight
+    of an SPViT run with ``settings``."""
     blocks = ",".join(str(p["after_block"]) for p in spvit["phases"])  # the cls-attn baseline's blocks too
     config = TokenPruneConfig(method="cls-attn", blocks=blocks, target_flops=spvit["flops_ratio"])
     pruned, report = prune_tokens(model, config, None, None, progress=False)
-    steps = BASE.epochs * math.ceil(BASE.limit / BASE.batch_size)
-    train = TrainConfig(lr=BASE.lr_backbone, min_lr=0.0, warmup_epochs=0.0, weight_decay=BASE.weight_decay,
-                        distill_weight=BASE.lambda_kl, seed=SEED, threads=BASE.threads, batch_size=BASE.batch_size)
-    tuned = fine_tune(pruned, Subset(train_full, range(BASE.limit)), train, steps, teacher=model)
+    steps = settings.epochs * math.ceil(settings.limit / settings.batch_size)
+    train = TrainConfig(lr=settings.lr_backbone, min_lr=0.0, warmup_epochs=0.0, weight_decay=settings.weight_decay,
+                        distill_weight=settings.lambda_kl, seed=SEED, threads=settings.threads,
+                        batch_size=settings.batch_size)
+    tuned = fine_tune(pruned, Subset(train_full, range(settings.limit)), train, steps, teacher=model)
     return {"method": "cls-attn+ft", "budget": budget, "flops_ratio": report["flops_ratio"],
             "top1": evaluate(pruned, test_set), "keep": report["keep"], "fine_tuned": True, "blocks": blocks,
             "fine_tune": tuned}
@@ -172,7 +184,14 @@ def markdown(result: dict) -> str:
             f"{result['baseline_top1'] * 100:.2f} %. SPViT variants train {s['epochs']} epochs on {s['limit']} "
             f"train images; star/uniform/cls-attn are training-free; cls-attn+ft is fine-tuned like SPViT; 'unreachable': "
             f"the method's fewest FLOPs are above the target.\n\n"
-            + format_table(["budget", *methods], table))
+            + format_table(["budget", *methods], table) + "\n\n" + export_line(result["rows"]))
+
+
+def export_line(rows: list[dict]) -> str:
+    exports = [e for r in rows if "export" in r for e in r["export"].values()]
+    passed = {inputs: sum(e[inputs]["passed"] for e in exports) for inputs in ("noise", "images")}
+    return (f"Static SPViT exports (TopK and rank selection) passing audit + parity ≤ 1e-4: {passed['images']}/"
+            f"{len(exports)} on 64 test images, {passed['noise']}/{len(exports)} on random-normal inputs.")
 
 
 def plot(result: dict) -> bytes:

@@ -6,6 +6,10 @@
     .venv/bin/python benchmarks/token_pruning_speed.py deit --plans-only   # compute the DeiT-S plans, no timing
     .venv/bin/python benchmarks/token_pruning_speed.py spvit --batch 8,64 --iters 200 --rounds 10
                                                    # the static SPViT graphs of spvit-fmnist.json
+    .venv/bin/python benchmarks/token_pruning_speed.py spvit-deit   # SPViT's DeiT-S graphs at 0.7× and 0.5× FLOPs
+
+SPViT graphs are timed next to their class-attention twins (same keep counts and package token,
+no selector), which isolates what the selectors cost.
 
 All models of a run are exported through the checked exporter, built once, and timed interleaved
 in one process (batch 8 by default, 2 threads). The DeiT-S plans come from each method run on the seeded
@@ -34,13 +38,15 @@ from vitdeploy.bench.run import bench_sources, parse_batches
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.zoo import load_model
-from vitdeploy.prune.spvit import student_from
+from vitdeploy.prune.spvit import static_plan, student_from
+from vitdeploy.prune.spvit_config import SPViTConfig
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.tokens.plan import with_spec
 
 RESULTS = Path(__file__).parent / "results"
 DEIT_LEVELS = (0.75, 0.6)
+SPVIT_DEIT_BUDGETS = (0.7, 0.5)
 DEIT_METHODS = {
     "patch-slimming": TokenPruneConfig(method="patch-slimming", granularity=14, calib_size=8),
     "star": TokenPruneConfig(method="star", rounds=2, calib_batch=8, calib_size=16),
@@ -58,8 +64,9 @@ def fmnist_plans() -> tuple[str, dict[str, ViTSpec]]:
 
 
 def spvit_plans() -> tuple[str, dict[str, ViTSpec]]:
-    """The static SPViT graphs of spvit-fmnist.json, rebuilt from their keep counts and settings
-    (the selectors' weights do not change the shapes or operators, so the seeded init stands in)."""
+    """The distinct static SPViT graphs of spvit-fmnist.json, rebuilt from their keep counts and
+    settings (the selectors' weights do not change the shapes or operators, so the seeded init
+    stands in), each with its class-attention twin."""
     base = load_model("fmnist_vit").spec
     plans = {}
     for row in json.loads((RESULTS / "spvit-fmnist.json").read_text())["rows"]:
@@ -68,8 +75,29 @@ def spvit_plans() -> tuple[str, dict[str, ViTSpec]]:
             steps = {b: TokenStep(keep=k, selector="spvit", package=config["package"],
                                   package_mode=config["package_mode"], selector_heads=config["selector_heads"])
                      for b, k in enumerate(row["keep"]) if k is not None}
-            plans[f"{row['method']}@{row['budget']}"] = base.with_token_plan(steps)
-    return "fmnist_vit", plans
+            spec = base.with_token_plan(steps)
+            if spec not in plans.values():  # rows that differ only in training share a graph
+                plans[f"{row['method']}@{row['budget']}"] = spec
+    return "fmnist_vit", with_cls_attn_twins(plans)
+
+
+def spvit_deit_plans() -> tuple[str, dict[str, ViTSpec]]:
+    """SPViT's static graphs for DeiT-S (selectors after blocks 3, 6, 9) at each budget, with twins."""
+    base = load_model("deit_small_patch16_224").spec
+    return "deit_small_patch16_224", with_cls_attn_twins(
+        {f"spvit@{budget}": static_plan(base, SPViTConfig(budget_flops=budget))[0] for budget in SPVIT_DEIT_BUDGETS})
+
+
+def with_cls_attn_twins(plans: dict[str, ViTSpec]) -> dict[str, ViTSpec]:
+    """Each SPViT plan followed by its twin ranking by class attention instead of a selector (same
+    keep counts and package tokens): the gap between the two is the selectors' own cost."""
+    twins = {}
+    for name, spec in plans.items():
+        twins[name] = spec
+        twins[name.replace("spvit", "cls-attn-twin", 1)] = spec.with_token_plan({
+            b: replace(block.tokens, selector="cls_attn", selector_heads=None)
+            for b, block in enumerate(spec.blocks) if block.tokens.active})
+    return twins
 
 
 def deit_plans() -> tuple[str, dict[str, ViTSpec]]:
@@ -102,14 +130,14 @@ def plan_model(base, spec: ViTSpec):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=("fmnist", "deit", "spvit"))
+    parser.add_argument("model", choices=tuple(PLANS))
     parser.add_argument("--batch", default="8", help="batch sizes, e.g. 8,64")
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--plans-only", action="store_true", help="compute and store the plans, time nothing")
     args = parser.parse_args()
     torch.set_num_threads(1 if args.plans_only else 2)
-    ref, plans = {"fmnist": fmnist_plans, "deit": deit_plans, "spvit": spvit_plans}[args.model]()
+    ref, plans = PLANS[args.model]()
     if args.plans_only:
         return
     base = load_model(ref)
@@ -121,12 +149,15 @@ def main() -> None:
                                                                           rounds=args.rounds), progress=True)
     result.config["command"] = (f"python benchmarks/token_pruning_speed.py {args.model} --batch {args.batch} "
                                 f"--iters {args.iters} --rounds {args.rounds}")
-    prefix = "spvit-speed" if args.model == "spvit" else "token-pruning-speed"
+    prefix = "spvit-speed" if args.model.startswith("spvit") else "token-pruning-speed"
     stem = RESULTS / f"{prefix}-{ref}-{device_slug(cpu_name())}-onnxruntime"
     write_result(result, stem)
     summary = speedup_table(result.rows)
     write_bytes_atomic(stem.with_suffix(".summary.md"), (summary + "\n").encode())
     print(summary)
+
+
+PLANS = {"fmnist": fmnist_plans, "deit": deit_plans, "spvit": spvit_plans, "spvit-deit": spvit_deit_plans}
 
 
 if __name__ == "__main__":

@@ -57,6 +57,25 @@ def test_failed_check_leaves_the_old_file_untouched(tmp_path, pruned):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_a_failed_parity_of_scored_tokens_on_noise_points_to_real_images(tmp_path, pruned):
+    with pytest.raises(VitDeployError, match="--parity-data"):
+        export_onnx(pruned, tmp_path / "m.onnx", ExportConfig(parity_atol=-1.0))
+    fixed = with_spec(pruned, pruned.spec.with_token_plan({2: PLAN[2]}))
+    with pytest.raises(VitDeployError, match=r"> -1e\+00$"):  # constant positions cannot flip: no hint
+        export_onnx(fixed, tmp_path / "f.onnx", ExportConfig(parity_atol=-1.0))
+
+
+def test_parity_runs_on_the_given_images(tmp_path, pruned):
+    out = tmp_path / "m.onnx"
+    export_onnx(pruned, out)
+    images = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    seen = []
+    report = check.parity(out, lambda x: seen.append(x.copy()) or np.zeros((len(x), 5), np.float32), (3, 32, 32),
+                          images=images, images_name="my images")
+    assert [x.tolist() for x in seen] == [images[:1].tolist(), images[:3].tolist()]
+    assert report.inputs == "my images"
+
+
 def test_out_naming_a_directory_is_a_user_error(tmp_path, pruned):
     (tmp_path / "m.onnx").mkdir()
     with pytest.raises(VitDeployError, match="is a directory"):

@@ -80,6 +80,9 @@ def test_data_with_more_classes_than_the_head_exits_2(tmp_path):
     (["--selectors", "9"], "--selectors"),
     (["--budget-flops", "0"], "budget"),
     (["--budget-flops", "1.5"], "budget"),
+    (["--lambda-ratio", "-1"], "--lambda-ratio"),
+    (["--resize", "--val-size", "0"], "--val-size"),
+    (["--resize", "--val-size", "60000"], "--val-size"),
 ])
 def test_spvit_user_errors_exit_2(artifact, tmp_path, args, message):
     out = tmp_path / "p"
@@ -92,11 +95,24 @@ def test_spvit_user_errors_exit_2(artifact, tmp_path, args, message):
 def test_spvit_trains_and_saves_a_static_model(artifact, tmp_path):
     out = tmp_path / "spvit"
     result = run_cli("prune", artifact, "--method", "spvit", "--data", "fashion-mnist", "--resize", "--limit", "64",
-                     "--eval-limit", "64", "--epochs", "1", "--batch-size", "32", "--budget-flops", "0.7",
-                     "--out", out, "--quiet", "--json")
+                     "--val-size", "96", "--eval", "fashion-mnist", "--eval-limit", "64", "--epochs", "1",
+                     "--batch-size", "32", "--budget-flops", "0.7", "--out", out, "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert "last 96 images" in report["validation"] and 0 <= report["test_top1"] <= 1
     assert report["flops_ratio"] <= 0.7 + 1e-9
     spec = json.loads((out / "spec.json").read_text())
     assert [b["tokens"]["selector"] for b in spec["blocks"] if b["tokens"]["keep"]] == ["spvit"] * len(report["phases"])
     assert (tmp_path / "spvit.spvit-work" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_export_checks_parity_on_real_images_when_asked(artifact, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = run_cli("export", artifact, "--keep", "2:8", "--parity-data", "fashion-mnist", "--resize", "--out", out,
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    parity = json.loads(result.stdout)["parity"]
+    assert parity["inputs"] == "fashion-mnist test images" and parity["passed"]
+    missing = run_cli("export", artifact, "--parity-data", "fashion-mnist", "--out", tmp_path / "n.onnx")
+    assert missing.returncode == 2 and "--resize" in missing.stderr and not (tmp_path / "n.onnx").exists()

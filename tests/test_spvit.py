@@ -1,6 +1,7 @@
 """SPViT soft token pruning: static selection, training-time masking, keep targets, config,
 export, and resuming an interrupted run."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,8 @@ from vitdeploy.models.checkpoint import load_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import TokenStep
 from vitdeploy.prune import spvit
-from vitdeploy.prune.spvit_config import SPViTConfig, parse_selectors
+from vitdeploy.prune.spvit_config import FLAT_SCORES, SPViTConfig, parse_selectors
+from vitdeploy.report import spvit_summary
 from vitdeploy.tokens import select
 
 N = 16  # patch tokens of the tiny model
@@ -76,6 +78,39 @@ def test_static_step_is_topk_of_manual_scores_plus_package():
     for later in model.blocks[2:]:
         expected = later(expected)[0]
     torch.testing.assert_close(model(x), model.classify(model.norm(expected)))
+
+
+@pytest.mark.parametrize("keep_bias", [25.0, -25.0])
+def test_keep_logit_ranks_saturated_tokens_without_ties(keep_bias):
+    """Heads all but sure to keep (or drop): float32 T rounds to exact ties, the logit does not,
+    and it matches float64's log T − log(1 − T)."""
+    selector = spvit_model({1: (6, {})}).blocks[1].selector
+    with torch.no_grad():
+        selector.score[4].bias.copy_(torch.tensor([keep_bias, 0.0]))
+    x = torch.randn(4, N, 32, generator=torch.Generator().manual_seed(1))
+    exact_t = manual_keep_prob(copy.deepcopy(selector).double(), x.double())
+    exact = exact_t.log() - (1.0 - exact_t).log()
+    logit = selector.keep_logit(x)
+    if keep_bias > 0:
+        assert (selector(x) == 1.0).all()  # what ranking by T would face
+    torch.testing.assert_close(logit.double(), exact, rtol=1e-4, atol=1e-3)
+    assert all(len(row.unique()) == N for row in logit)
+    assert torch.equal(logit.topk(6).indices, exact.topk(6).indices)
+
+
+def test_score_spreads_flag_a_selector_that_scores_all_tokens_alike():
+    model = spvit_model({0: (10, {}), 2: (5, {})})
+    with torch.no_grad():
+        model.blocks[0].selector.score[4].weight.zero_()  # every token gets the bias: the same T
+    data = TensorDataset(images(8), torch.zeros(8, dtype=torch.long))
+    flat, varied = spvit.score_spreads(model, data)
+    assert flat < 1e-6 and varied > FLAT_SCORES
+    phases = [{"after_block": 1, "score_spread": flat}, {"after_block": 3, "score_spread": varied}]
+    report = {"method": "spvit", "patch_tokens_entering": [16, 10, 10, 5], "keep": [10, None, 5, None],
+              "flops_ratio": 0.6, "macs": 6e6, "baseline_macs": 1e7, "top1": 0.5, "best_epoch": 1,
+              "teacher_top1": 0.6, "phases": phases}
+    warnings = [line for line in spvit_summary(report, "out").splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1 and "after block 1 " in warnings[0]
 
 
 def fixed_decisions(masks):
@@ -160,6 +195,7 @@ def test_unreachable_budget_is_a_clear_error():
     ({"package_mode": "stack"}, "package-mode"),
     ({"epochs": 0}, "epochs"),
     ({"selector_heads": 0}, "selector-heads"),
+    ({"lambda_ratio": -1.0}, "lambda-ratio"),
 ])
 def test_config_validation(fields, message):
     with pytest.raises(VitDeployError, match=message):

@@ -269,12 +269,18 @@ def _spvit_arguments(group) -> None:
     group.add_argument("--epochs", type=int, default=d.epochs, help="spvit (default: %(default)s)")
     group.add_argument("--lr-selector", type=float, default=d.lr_selector, help="spvit (default: %(default)s)")
     group.add_argument("--lr-backbone", type=float, default=d.lr_backbone, help="spvit (default: %(default)s)")
+    group.add_argument("--lambda-ratio", type=float, default=d.lambda_ratio,
+                       help="spvit: weight of the keep-ratio loss; raise it (e.g. 10) when a short run overshoots "
+                            "its keep targets (default: %(default)s, the paper's)")
     group.add_argument("--no-package", action="store_true", help="spvit: drop tokens without a package token")
     group.add_argument("--package-mode", choices=("add", "concat"), default=d.package_mode,
                        help="spvit: add each phase's package token to the previous one, or keep both "
                             "(default: %(default)s)")
     group.add_argument("--selector-heads", type=int, help="spvit: selector heads (default: the block's)")
     group.add_argument("--limit", type=int, help="spvit: train on the first N images only")
+    group.add_argument("--val-size", type=int, default=5000,
+                       help="spvit: hold out the last N train images to choose the best epoch; --eval DATA also "
+                            "reports the test split's top-1 (default: %(default)s)")
     group.add_argument("--no-resume", action="store_true", help="spvit: start afresh even if a checkpoint exists")
 
 
@@ -337,7 +343,8 @@ def _prune_nvit(args, model, eval_data):
 
 
 def _prune_spvit(args, model, eval_data):
-    from vitdeploy.evaluate import dataset_for
+    from vitdeploy.data import holdout_split
+    from vitdeploy.evaluate import dataset_for, evaluate
     from vitdeploy.prune.spvit import prune_spvit
     from vitdeploy.prune.spvit_config import SPViTConfig, parse_selectors
     from vitdeploy.report import spvit_summary
@@ -345,14 +352,17 @@ def _prune_spvit(args, model, eval_data):
     config = SPViTConfig(
         budget_flops=args.budget_flops, selectors=parse_selectors(args.selectors) if args.selectors else None,
         epochs=args.epochs, batch_size=args.batch_size, lr_selector=args.lr_selector, lr_backbone=args.lr_backbone,
+        lambda_ratio=args.lambda_ratio,
         package=not args.no_package, package_mode=args.package_mode, selector_heads=args.selector_heads,
         limit=args.limit, seed=args.seed, threads=args.threads, resume=not args.no_resume).validate(model.spec.depth)
     if not args.data:
         raise VitDeployError("--method spvit trains its selectors: give --data DATA (its train split)")
-    train_data = dataset_for(model, args.data, "train", resize=args.resize)
-    eval_data = eval_data or dataset_for(model, args.data, "test", args.eval_limit, args.resize)
-    return (*prune_spvit(model, config, train_data, eval_data, f"{args.out}.spvit-work",
-                         progress=not args.quiet), spvit_summary)
+    train_data, validation = holdout_split(dataset_for(model, args.data, "train", resize=args.resize), args.val_size)
+    pruned, report = prune_spvit(model, config, train_data, validation, f"{args.out}.spvit-work", progress=not args.quiet)
+    report["validation"] = f"the last {args.val_size} images of {args.data}'s train split (held out from training)"
+    if eval_data is not None:
+        report["test_top1"] = evaluate(pruned, eval_data)
+    return pruned, report, spvit_summary
 
 
 def _prune_sparse24(args, model, eval_data):
@@ -419,6 +429,10 @@ def _add_export(sub) -> None:
     p.add_argument("--as-static-star", action="store_true",
                    help="for an a-STAR model (input-dependent token counts, not exportable): export its static STAR "
                         "plan instead, which keeps a fixed upper-bound count per layer")
+    p.add_argument("--parity-data", metavar="DATA",
+                   help="check parity on DATA's first test images (fashion-mnist or an ImageFolder directory) "
+                        "instead of random noise: learned token scores can nearly tie on noise")
+    p.add_argument("--resize", action="store_true", help="resize --parity-data images to the model's input size")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of a summary")
     p.set_defaults(run=_run_export)
 
@@ -429,7 +443,8 @@ def _run_export(args) -> None:
 
     if not args.out.endswith(".onnx"):
         raise VitDeployError(f"--out {args.out}: the output file name must end in .onnx")
-    config = ExportConfig(opset=args.opset, selection=args.selection, target=args.target)
+    config = ExportConfig(opset=args.opset, selection=args.selection, target=args.target,
+                          parity_data=args.parity_data, parity_resize=args.resize)
     model = _load(args)
     if args.as_static_star:
         model = _static_star(model)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from vitdeploy.models.flops import macs_report
 from vitdeploy.models.vit import ViT
+from vitdeploy.prune.spvit_config import FLAT_SCORES
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -75,7 +76,7 @@ def export_summary(report: dict, json_path: Path) -> str:
         "checker: passed",
         f"op audit: {'passed' if audit['passed'] else 'FAILED'} ({sum(audit['op_counts'].values())} nodes; TopK {topk})",
         f"parity vs PyTorch: max abs diff {parity['max_abs_diff']:.2e} ≤ {parity['atol']:.0e} at batch "
-        f"{', '.join(map(str, parity['batch_sizes']))}",
+        f"{', '.join(map(str, parity['batch_sizes']))} ({parity.get('inputs', 'random normal')} inputs)",
         f"report: {json_path}",
     ])
 
@@ -94,8 +95,15 @@ def prune_summary(report: dict, out: str) -> str:
 
 def spvit_summary(report: dict, out: str) -> str:
     lines = _token_plan_lines(report)
-    lines.append(f"top-1 {report['top1']:.4f} at the best epoch ({report['best_epoch']}; unpruned "
+    lines.append(f"validation top-1 {report['top1']:.4f} at the best epoch ({report['best_epoch']}; unpruned "
                  f"{report['teacher_top1']:.4f})")
+    if "test_top1" in report:
+        lines.append(f"test top-1 {report['test_top1']:.4f}")
+    for phase in report["phases"]:
+        if phase["score_spread"] < FLAT_SCORES:
+            lines.append(f"warning: the selector after block {phase['after_block']} scores all tokens alike (spread "
+                         f"{phase['score_spread']:.1e}): its top-k is arbitrary, and the export's parity check will "
+                         "fail. Train again (another --seed, --lr-selector or --lambda-ratio).")
     lines.append(f"saved {out}")
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitdeploy.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from vitdeploy.data.imagefolder import ImageFolderDataset
@@ -133,6 +133,15 @@ def _load_image_folder(
 
 def _normalize_uint8(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     return normalize(image.to(torch.float32) / 255.0, mean, std)
+
+
+def holdout_split(dataset: Dataset, size: int) -> tuple[Subset, Subset]:
+    """(training part, validation part) of ``dataset``: its last ``size`` items are held out."""
+    if not 0 < size < len(dataset):
+        raise VitDeployError(f"--val-size must be between 1 and {len(dataset) - 1} (the training data has "
+                             f"{len(dataset)} images), got {size}")
+    cut = len(dataset) - size
+    return Subset(dataset, range(cut)), Subset(dataset, range(cut, len(dataset)))
 
 
 def batches(

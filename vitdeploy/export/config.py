@@ -24,6 +24,11 @@ class ExportConfig:
     """Batch of the example input; must be ≥ 2 or the exporter specialises the batch axis to 1."""
     parity_batches: tuple[int, ...] = (1, 3)
     parity_atol: float = 1e-4
+    parity_data: str | None = None
+    """Check parity on the first test images of this data (fashion-mnist or an ImageFolder
+    directory) instead of random-normal inputs."""
+    parity_resize: bool = False
+    """Resize ``parity_data``'s images to the model's input size."""
 
     def validate(self) -> "ExportConfig":
         if self.selection not in SELECTION_METHODS:

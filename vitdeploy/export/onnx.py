@@ -92,11 +92,33 @@ def _check_export(path: Path, model: ViT, config: ExportConfig) -> tuple[check.A
     if not audit.passed:
         raise VitDeployError("op audit failed: " + "; ".join(audit.violations))
     parity = check.parity(path, _torch_reference(model), _input_shape(model), config.parity_batches,
-                          config.parity_atol)
+                          config.parity_atol, images=_parity_images(model, config),
+                          images_name=f"{config.parity_data} test images")
     if not parity.passed:
         raise VitDeployError(f"parity check failed: ONNX Runtime differs from PyTorch by "
-                             f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}")
+                             f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}{_parity_hint(model, config)}")
     return audit, parity
+
+
+def _parity_images(model: ViT, config: ExportConfig) -> np.ndarray | None:
+    if config.parity_data is None:
+        return None
+    from vitdeploy.evaluate import dataset_for
+
+    count = max(config.parity_batches)
+    dataset = dataset_for(model, config.parity_data, "test", count, config.parity_resize)
+    if len(dataset) < count:
+        raise VitDeployError(f"--parity-data {config.parity_data}: {len(dataset)} test images, the parity check "
+                             f"needs {count}")
+    return torch.stack([dataset[i][0] for i in range(count)]).numpy()
+
+
+def _parity_hint(model: ViT, config: ExportConfig) -> str:
+    """Why a model that ranks tokens by their scores may fail on random inputs, and what to do."""
+    if config.parity_data is not None or not any(b.tokens.scored for b in model.spec.blocks):
+        return ""
+    return (". This model keeps the top-k tokens by their scores; on random-noise inputs the scores can be so "
+            "close that float rounding flips which token is kept. Check on real images: --parity-data DATA")
 
 
 @contextlib.contextmanager

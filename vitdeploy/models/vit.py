@@ -126,7 +126,7 @@ class Block(nn.Module):
     def _patch_scores(self, cls_scores: torch.Tensor | None, positions: torch.Tensor | None,
                       patches: torch.Tensor) -> torch.Tensor:
         if self.step.selector == "spvit":
-            return self.selector.log_keep(patches)
+            return self.selector.keep_logit(patches)
         if self.step.selector == "star":
             return select.star_scores(cls_scores, self.inter_prior, positions, self.step.alpha)
         return cls_scores
@@ -145,7 +145,7 @@ class Block(nn.Module):
         scores = self._patch_scores(patch_cls_scores, positions, patches)
         take, keep_mask = select.token_selection(scores, self.step.keep, selection)
         if self.step.package:
-            weights = scores.exp() if self.step.selector == "spvit" else scores  # SPViT ranks by log T
+            weights = scores.sigmoid() if self.step.selector == "spvit" else scores  # SPViT ranks by logit(T)
             packages = self._with_package(packages, select.package_token(patches, weights, keep_mask))
         parts = [prefix, take(patches), packages]
         if positions is not None:

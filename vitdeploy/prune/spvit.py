@@ -280,6 +280,27 @@ def adaptive_evaluate(model: ViT, dataset) -> dict:
     return {"adaptive_top1": correct / seen, "adaptive_keep": [k / seen for k in kept]}
 
 
+@torch.no_grad()
+def score_spreads(model: ViT, dataset) -> list[float]:
+    """Per selector, the median over one batch of ``dataset`` of the spread (std across tokens) of
+    the logits it ranks by (on the masked path, ``threshold_decisions``). A spread near 0 means the
+    selector scores every token alike: its top-k is then decided by rounding, and PyTorch and ONNX
+    Runtime disagree."""
+    model.eval()
+    logits = []
+
+    def capture(selector, args, kwargs, _):
+        logits.append(selector.keep_logit(*args, **kwargs))
+
+    hooks = [b.selector.register_forward_hook(capture, with_kwargs=True) for b in model.blocks if b.selector is not None]
+    try:
+        soft_forward(model, next(iter(batches(dataset, EVAL_BATCH)))[0], threshold_decisions)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [scores.std(dim=1).median().item() for scores in logits]
+
+
 # --- training ---------------------------------------------------------------------------------
 
 def prune_spvit(model: ViT, config: SPViTConfig, train_data, eval_data, out_dir: str | Path,
@@ -320,6 +341,8 @@ def prune_spvit(model: ViT, config: SPViTConfig, train_data, eval_data, out_dir:
     student.load_state_dict(run.best_state)
     student.eval()
     report = _report(run, config, spec, model.spec, targets, resumed_from, time.perf_counter() - started)
+    for phase, spread in zip(report["phases"], score_spreads(student, eval_data)):
+        phase["score_spread"] = spread
     report["teacher_top1"] = evaluate(model, eval_data)
     return student, report
 

@@ -10,9 +10,9 @@ heads:
     a        = sigmoid(Linear(H/2, H)(GELU(Linear(H, H/2)(mean over each head's channels of X))))
     T        = Σ_i t_i[keep] · a_i / Σ_i a_i
 
-``T`` (B, N) is each token's keep probability. At inference a static top-k of log T (computed in
-log space, so confident tokens do not tie at T = 1.0) picks the kept tokens, and T weighs the
-package token; training samples keep/drop decisions from T with Gumbel-softmax.
+``T`` (B, N) is each token's keep probability. At inference a static top-k of the logit
+log T − log(1 − T) (see ``keep_logit``: confident tokens do not tie) picks the kept tokens, and T
+weighs the package token; training samples keep/drop decisions from T with Gumbel-softmax.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KEEP = 0
-"""Index of the 'keep' class in each head's two-way softmax."""
+KEEP, DROP = 0, 1
+"""Indices of the 'keep' and 'drop' classes in each head's two-way softmax."""
 
 
 def _half(n: int) -> int:
@@ -50,8 +50,24 @@ class SPViTSelector(nn.Module):
         return self.log_keep(x, alive).exp()
 
     def log_keep(self, x: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
-        """log T, computed in log space: it ranks tokens exactly as T does, but does not round to
-        log 1 = 0 for confident tokens, where T itself saturates at 1.0 and top-k would face ties."""
+        """log T = log Σ_i t_i·a_i − log Σ_i a_i."""
+        log_probs, log_a = self._head_log_probs(x, alive)
+        return torch.logsumexp(log_probs[..., KEEP] + log_a, dim=-1) - torch.logsumexp(log_a, dim=-1)
+
+    def keep_logit(self, x: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
+        """log T − log(1 − T): ranks tokens as T does, without ties between confident ones.
+
+        For tokens every head is sure to keep, T rounds to 1.0 and log T to 0.0, so top-k would
+        pick among exact ties, and ONNX Runtime may pick other tokens than PyTorch. Each
+        head's log-softmax is exact for its *less* likely class, and 1 − T = Σ_i (1 − t_i)·a_i / Σ_i a_i
+        is mixed from those, so the difference keeps the small side's precision at either end.
+        """
+        log_probs, log_a = self._head_log_probs(x, alive)
+        mixed = torch.logsumexp(log_probs + log_a.unsqueeze(-1), dim=-2)  # (B, N, 2) up to log Σ_i a_i
+        return mixed[..., KEEP] - mixed[..., DROP]
+
+    def _head_log_probs(self, x: torch.Tensor, alive: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each head's log (t_i, 1 − t_i), (B, N, H, 2), and log a, (B, N, H)."""
         batch, n, dim = x.shape
         per_head = x.reshape(batch, n, self.heads, dim // self.heads)
         local = self.local(per_head)
@@ -61,9 +77,8 @@ class SPViTSelector(nn.Module):
             weights = alive.to(x.dtype)[:, :, None, None]
             global_ = (local * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         features = torch.cat([local, global_.expand_as(local)], dim=-1)
-        log_t = torch.log_softmax(self.score(features), dim=-1)[..., KEEP]
-        log_a = F.logsigmoid(self.head_weights(per_head.mean(dim=-1)))
-        return torch.logsumexp(log_t + log_a, dim=-1) - torch.logsumexp(log_a, dim=-1)
+        log_probs = torch.log_softmax(self.score(features), dim=-1)
+        return log_probs, F.logsigmoid(self.head_weights(per_head.mean(dim=-1)))
 
     @staticmethod
     def macs_per_token(dim: int, heads: int) -> int:
