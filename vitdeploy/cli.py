@@ -358,7 +358,8 @@ def _prune_spvit(args, model, eval_data):
     if not args.data:
         raise VitDeployError("--method spvit trains its selectors: give --data DATA (its train split)")
     train_data, validation = holdout_split(dataset_for(model, args.data, "train", resize=args.resize), args.val_size)
-    pruned, report = prune_spvit(model, config, train_data, validation, f"{args.out}.spvit-work", progress=not args.quiet)
+    pruned, report = prune_spvit(model, config, train_data, validation, f"{args.out}.spvit-work",
+                                 progress=not args.quiet)
     report["validation"] = f"the last {args.val_size} images of {args.data}'s train split (held out from training)"
     if eval_data is not None:
         report["test_top1"] = evaluate(pruned, eval_data)

@@ -76,7 +76,7 @@ def export_summary(report: dict, json_path: Path) -> str:
         "checker: passed",
         f"op audit: {'passed' if audit['passed'] else 'FAILED'} ({sum(audit['op_counts'].values())} nodes; TopK {topk})",
         f"parity vs PyTorch: max abs diff {parity['max_abs_diff']:.2e} ≤ {parity['atol']:.0e} at batch "
-        f"{', '.join(map(str, parity['batch_sizes']))} ({parity.get('inputs', 'random normal')} inputs)",
+        f"{', '.join(map(str, parity['batch_sizes']))} ({parity.get('inputs', 'random normal')})",
         f"report: {json_path}",
     ])
 
@@ -101,9 +101,9 @@ def spvit_summary(report: dict, out: str) -> str:
         lines.append(f"test top-1 {report['test_top1']:.4f}")
     for phase in report["phases"]:
         if phase["score_spread"] < FLAT_SCORES:
-            lines.append(f"warning: the selector after block {phase['after_block']} scores all tokens alike (spread "
-                         f"{phase['score_spread']:.1e}): its top-k is arbitrary, and the export's parity check will "
-                         "fail. Train again (another --seed, --lr-selector or --lambda-ratio).")
+            lines.append(f"warning: the selector after block {phase['after_block']} scores all tokens alike "
+                         f"(spread {phase['score_spread']:.1e}): rounding noise decides its top-k, and the export's "
+                         "parity check may fail. Train again (another --seed, --lr-selector or --lambda-ratio).")
     lines.append(f"saved {out}")
     return "\n".join(lines)
 

@@ -292,7 +292,8 @@ def score_spreads(model: ViT, dataset) -> list[float]:
     def capture(selector, args, kwargs, _):
         logits.append(selector.keep_logit(*args, **kwargs))
 
-    hooks = [b.selector.register_forward_hook(capture, with_kwargs=True) for b in model.blocks if b.selector is not None]
+    hooks = [block.selector.register_forward_hook(capture, with_kwargs=True)
+             for block in model.blocks if block.selector is not None]
     try:
         soft_forward(model, next(iter(batches(dataset, EVAL_BATCH)))[0], threshold_decisions)
     finally:
