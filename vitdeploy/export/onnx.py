@@ -103,14 +103,15 @@ def _check_export(path: Path, model: ViT, config: ExportConfig) -> tuple[check.A
 def _parity_images(model: ViT, config: ExportConfig) -> np.ndarray | None:
     if config.parity_data is None:
         return None
+    from vitdeploy.data import batches
     from vitdeploy.evaluate import dataset_for
 
     count = max(config.parity_batches)
-    dataset = dataset_for(model, config.parity_data, "test", count, config.parity_resize)
-    if len(dataset) < count:
-        raise VitDeployError(f"--parity-data {config.parity_data}: {len(dataset)} test images, the parity check "
+    images = next(iter(batches(dataset_for(model, config.parity_data, "test", count, config.parity_resize), count)))[0]
+    if len(images) < count:
+        raise VitDeployError(f"--parity-data {config.parity_data}: {len(images)} test images, the parity check "
                              f"needs {count}")
-    return torch.stack([dataset[i][0] for i in range(count)]).numpy()
+    return images.numpy()
 
 
 def _parity_hint(model: ViT, config: ExportConfig) -> str:
