@@ -16,14 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from vitdeploy.bench.device import environment
+from vitdeploy.hardware import environment
 from vitdeploy.evaluate import EvalOptions, evaluate_model
 from vitdeploy.export.onnx import ExportConfig, export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import REFERENCE_MODEL, create_model
 from vitdeploy.pipeline import load_recipe, run_recipe, summary_table
-from vitdeploy.report import format_table
-from vitdeploy.tokens.plan import apply_keep_plan
+from vitdeploy.tables import format_table
+from vitdeploy.models.token_plan import apply_keep_plan
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]

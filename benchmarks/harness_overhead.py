@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
-from vitdeploy.bench.device import cpu_name, device_slug, environment
+from vitdeploy.hardware import cpu_name, device_slug, environment
 from vitdeploy.bench.harness import TimingPlan, random_batch, time_engine
 from vitdeploy.io import write_json_atomic
 

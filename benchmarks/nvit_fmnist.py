@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from vitdeploy.bench.device import environment
-from vitdeploy.evaluate import dataset_for, evaluate
+from vitdeploy.hardware import environment
+from vitdeploy.data import dataset_for
+from vitdeploy.evaluate import evaluate
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.flops import total_macs
@@ -36,7 +37,7 @@ from vitdeploy.models.vit import ViT
 from vitdeploy.models.zoo import REFERENCE_MODEL, load_model
 from vitdeploy.prune.sparsity import preserve_24, sparsify_24, verify_24_onnx
 from vitdeploy.prune.structural import NViTConfig, NViTPruner, dims_summary, param_count
-from vitdeploy.report import format_table
+from vitdeploy.tables import format_table
 
 RESULTS = Path(__file__).parent / "results"
 CRITERIA = ("hessian", "magnitude")

@@ -6,7 +6,9 @@ Reads the per-block dims of every compacted model in nvit-fmnist.json (Hessian a
 each FLOPs level, and the 2:4 model), builds each shape with the reference model's softmax
 scale, exports it through the checked exporter and times all of them interleaved in one process
 (2 threads). Latency depends on shapes only, so the weights are the seeded init; the 2:4 model
-runs dense kernels here (ONNX Runtime's CPU provider has no 2:4 kernels).
+runs dense kernels here (ONNX Runtime's CPU provider has no 2:4 kernels). The unpruned model is
+also timed through torch's TorchScript exporter (``--no-other-exporter-baseline`` leaves it out), and
+speedups are quoted against the faster of the two baselines.
 Writes benchmarks/results/nvit-speed-fmnist_vit-<cpu>-onnxruntime.{json,md,png,summary.md}.
 """
 
@@ -18,10 +20,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from common import speedup_table
+from common import other_exporter_baseline, speedup_table
 
 from vitdeploy.backends import BuildConfig, ModelSource
-from vitdeploy.bench.device import cpu_name, device_slug
+from vitdeploy.hardware import cpu_name, device_slug
 from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.report import write_result
 from vitdeploy.bench.run import bench_sources, parse_batches
@@ -50,6 +52,9 @@ def main() -> None:
     parser.add_argument("--batch", default="8,64")
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--other-exporter-baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the unpruned model through torch's TorchScript exporter; speedups are "
+                             "against the faster baseline (default: on)")
     args = parser.parse_args()
     base = get_spec("fmnist_vit")
     specs = {"baseline": base, **compacted_specs(base)}
@@ -57,9 +62,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sources = {name: ModelSource(name.replace(" ", "_").replace(":", ""), tmp, model=seeded(spec))
                    for name, spec in specs.items()}
+        if args.other_exporter_baseline:
+            sources = {"baseline": sources.pop("baseline"), **other_exporter_baseline(seeded(base), tmp), **sources}
         result = bench_sources(sources, "onnxruntime", config, TimingPlan(warmup=20, iters=args.iters,
                                                                           rounds=args.rounds), progress=True)
-    result.config["command"] = f"python benchmarks/nvit_speed.py --batch {args.batch}"
+    result.config["command"] = (f"python benchmarks/nvit_speed.py --batch {args.batch}"
+                                + ("" if args.other_exporter_baseline else " --no-other-exporter-baseline"))
     stem = RESULTS / f"nvit-speed-fmnist_vit-{device_slug(cpu_name())}-onnxruntime"
     write_result(result, stem)
     summary = speedup_table(result.rows)

@@ -35,7 +35,8 @@ from common import accuracy_flops_png
 from torch.utils.data import Subset
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.evaluate import dataset_for, evaluate
+from vitdeploy.data import dataset_for
+from vitdeploy.evaluate import evaluate
 from vitdeploy.export.config import ExportConfig
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
@@ -45,7 +46,7 @@ from vitdeploy.prune.spvit import prune_spvit
 from vitdeploy.prune.spvit_config import SPViTConfig
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.token_methods import prune_tokens
-from vitdeploy.report import format_table
+from vitdeploy.tables import format_table
 from vitdeploy.train.config import TrainConfig
 from vitdeploy.train.loop import fine_tune
 

@@ -22,7 +22,7 @@ import torch
 from spvit_fmnist import BASE, BUDGETS, RESULTS, VALIDATION, fine_tuned_row, log, spvit_row
 from torch.utils.data import Subset
 
-from vitdeploy.evaluate import dataset_for
+from vitdeploy.data import dataset_for
 from vitdeploy.io import write_json_atomic
 from vitdeploy.models.zoo import load_model
 

@@ -22,14 +22,15 @@ import torch
 from common import accuracy_flops_png
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.evaluate import dataset_for, evaluate
+from vitdeploy.data import dataset_for
+from vitdeploy.evaluate import evaluate
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.calibrate import calibration_images
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.token_methods import prune_tokens
-from vitdeploy.report import format_table
+from vitdeploy.tables import format_table
 
 RESULTS = Path(__file__).parent / "results"
 STEM = "token-pruning-fmnist"

@@ -12,7 +12,9 @@ SPViT graphs are timed next to their class-attention twins (same keep counts and
 no selector), which isolates what the selectors cost.
 
 All models of a run are exported through the checked exporter, built once, and timed interleaved
-in one process (batch 8 by default, 2 threads). The DeiT-S plans come from each method run on the seeded
+in one process (batch 8 by default, 2 threads). The unpruned model is also timed through torch's
+TorchScript exporter (``--no-other-exporter-baseline`` leaves it out), and speedups are quoted
+against the faster of the two baselines. The DeiT-S plans come from each method run on the seeded
 random-init DeiT-S with Gaussian-noise calibration images: their accuracy means nothing, but
 their shapes and operators are those of real plans, which is what latency depends on.
 Writes benchmarks/results/token-pruning-speed-<model>-<cpu>-onnxruntime.{json,md,png} (spvit-speed-… for spvit).
@@ -28,10 +30,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import speedup_table
+from common import other_exporter_baseline, speedup_table
 
 from vitdeploy.backends import BuildConfig, ModelSource
-from vitdeploy.bench.device import cpu_name, device_slug
+from vitdeploy.hardware import cpu_name, device_slug
 from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.report import write_result
 from vitdeploy.bench.run import bench_sources, parse_batches
@@ -42,7 +44,7 @@ from vitdeploy.prune.spvit import static_plan, student_from
 from vitdeploy.prune.spvit_config import SPViTConfig
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.token_methods import prune_tokens
-from vitdeploy.tokens.plan import with_spec
+from vitdeploy.models.token_plan import with_spec
 
 RESULTS = Path(__file__).parent / "results"
 DEIT_LEVELS = (0.75, 0.6)
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--plans-only", action="store_true", help="compute and store the plans, time nothing")
+    parser.add_argument("--other-exporter-baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the unpruned model through torch's TorchScript exporter; speedups are "
+                             "against the faster baseline (default: on)")
     args = parser.parse_args()
     torch.set_num_threads(1 if args.plans_only else 2)
     ref, plans = PLANS[args.model]()
@@ -144,11 +149,14 @@ def main() -> None:
     config = BuildConfig(batch_sizes=parse_batches(args.batch), threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"baseline": ModelSource(ref, tmp, model=base)}
+        if args.other_exporter_baseline:
+            sources.update(other_exporter_baseline(base, tmp))
         sources.update({name: ModelSource(name, tmp, model=plan_model(base, spec)) for name, spec in plans.items()})
         result = bench_sources(sources, "onnxruntime", config, TimingPlan(warmup=10, iters=args.iters,
                                                                           rounds=args.rounds), progress=True)
     result.config["command"] = (f"python benchmarks/token_pruning_speed.py {args.model} --batch {args.batch} "
-                                f"--iters {args.iters} --rounds {args.rounds}")
+                                f"--iters {args.iters} --rounds {args.rounds}"
+                                + ("" if args.other_exporter_baseline else " --no-other-exporter-baseline"))
     prefix = "spvit-speed" if args.model.startswith("spvit") else "token-pruning-speed"
     stem = RESULTS / f"{prefix}-{ref}-{device_slug(cpu_name())}-onnxruntime"
     write_result(result, stem)

@@ -1,4 +1,4 @@
-"""Generate timm golden outputs for the parity test (tests/test_timm_parity.py).
+"""Generate timm golden outputs for the parity test (tests/models/test_timm_parity.py).
 
 Needs timm, so run it where timm imports (the GPU machine, or a throwaway venv holding the
 registry's torch + torchvision + timm):

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -25,3 +28,9 @@ def tiny_model(spec: ViTSpec | None = None, seed: int = 0) -> ViT:
 @pytest.fixture
 def tiny():
     return tiny_model()
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """The real ``vitdeploy`` entry point in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "vitdeploy.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)

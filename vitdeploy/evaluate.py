@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vitdeploy.data import batches, load_dataset
+from vitdeploy.data import batches, dataset_for
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export import check
 from vitdeploy.export.onnx import ExportConfig, export_onnx
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.vit import ViT
-from vitdeploy.report import format_table
+from vitdeploy.tables import format_table
 
 EVAL_BATCH = 256
 
@@ -35,17 +35,6 @@ class EvalOptions:
     selection: str = "topk"
 
 
-def dataset_for(model: ViT, source: str, split: str, limit: int | None = None, resize: bool = False):
-    """A dataset preprocessed for ``model``: its image size, channels, mean and std."""
-    spec = model.spec
-    dataset = load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
-                           mean=spec.mean, std=spec.std, resize=resize, limit=limit)
-    if len(dataset.classes) > spec.num_classes:
-        raise VitDeployError(f"{source} has {len(dataset.classes)} classes but the model's head has "
-                             f"{spec.num_classes}: use data labelled for this model")
-    return dataset
-
-
 @torch.no_grad()
 def predict(model: ViT, dataset, batch_size: int = EVAL_BATCH, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted labels, true labels) over a whole dataset."""
@@ -53,9 +42,17 @@ def predict(model: ViT, dataset, batch_size: int = EVAL_BATCH, progress: bool = 
     predictions, labels = [], []
     for x, y in tqdm(batches(dataset, batch_size), desc="torch eval", disable=not progress,
                      total=math.ceil(len(dataset) / batch_size)):
-        predictions.append(model(x).argmax(-1))
+        predictions.append(finite_logits(model(x), "the model").argmax(-1))
         labels.append(y)
     return torch.cat(predictions), torch.cat(labels)
+
+
+def finite_logits(logits, source: str):
+    """``logits`` (a tensor or array), refused if any is NaN or infinite: their argmax would be meaningless."""
+    finite = torch.isfinite(logits).all() if isinstance(logits, torch.Tensor) else np.isfinite(logits).all()
+    if not finite:
+        raise VitDeployError(f"{source} produced NaN or infinite outputs, so its accuracy cannot be measured")
+    return logits
 
 
 def top1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
@@ -70,7 +67,7 @@ def onnx_predictions(onnx_path: str | Path, dataset, progress: bool = False) -> 
     session = check.ort_session(onnx_path)
     _check_input_shape(session, dataset, onnx_path)
     outputs = [
-        check.run_session(session, x.numpy()).argmax(-1)
+        finite_logits(check.run_session(session, x.numpy()), str(onnx_path)).argmax(-1)
         for x, _ in tqdm(batches(dataset, EVAL_BATCH), desc="onnxruntime eval", disable=not progress,
                          total=math.ceil(len(dataset) / EVAL_BATCH))
     ]

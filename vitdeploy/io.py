@@ -3,11 +3,17 @@
 A crash or a failed check never leaves a half-written artifact behind, and an existing file
 is only replaced once its successor is complete. A directory is only ever replaced when it holds
 nothing but files the caller declares as its own, so a mistyped ``--out`` cannot wipe user data.
+Several outputs of one command are staged together (``atomic_paths``) and moved into place only
+when all of them are complete. Parent directories created for an output that then fails are
+removed again. Temporaries carry the writer's process id, so ones left by a killed process are
+removed by the next write beside them. An OS error while writing (permissions, read-only file
+system, full disk) becomes an ``OutputError``: one line naming the output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -19,21 +25,47 @@ from vitdeploy.errors import VitDeployError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+_TEMP_SUFFIXES = (".tmp", ".old")
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO,
+                  errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EMLINK, errno.EXDEV}
+
+
+class OutputError(VitDeployError, OSError):
+    """An output could not be written; still an ``OSError`` for library callers."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed onto ``target``."""
-    target = Path(target)
-    if target.is_dir():
-        raise VitDeployError(f"{target} is a directory; give a file name")
-    tmp_path = _mkstemp(target, suffix)
-    try:
+    with atomic_paths(target, suffixes=(suffix,)) as (tmp_path,):
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | os.PathLike, suffixes: Iterable[str] = ()) -> Iterator[tuple[Path, ...]]:
+    """Temporary paths beside each of ``targets``; on success all are moved into place together.
+
+    Every target is checked and staged before any is replaced, so a failure (a check, an
+    unwritable second output) leaves every previous output as it was.
+    """
+    targets = tuple(Path(t) for t in targets)
+    suffixes = tuple(suffixes) or ("",) * len(targets)
+    for target in targets:
+        if target.is_dir():
+            raise VitDeployError(f"{target} is a directory; give a file name")
+    with _created_parents(targets), _naming_output(*targets):
+        tmp_paths = tuple(_mkstemp(target, suffix) for target, suffix in zip(targets, suffixes))
+        try:
+            yield tmp_paths
+            for tmp_path in tmp_paths:
+                os.chmod(tmp_path, 0o666 & ~_UMASK)
+            _replace_all(tmp_paths, targets)
+        finally:
+            for tmp_path in tmp_paths:
+                tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -43,22 +75,20 @@ def atomic_dir(target: str | os.PathLike, owned_names: Iterable[str]) -> Iterato
     An existing ``target`` is replaced only if every entry in it is one of ``owned_names``
     (the files this kind of directory holds); anything else raises ``VitDeployError``.
     """
-    target = Path(target)
-    _check_replaceable(target, set(owned_names))
-    _make_parent(target)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp_dir
-        os.chmod(tmp_dir, 0o777 & ~_UMASK)
-        if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.replace(target, backup / target.name)
-            os.replace(tmp_dir, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp_dir, target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    _check_replaceable(Path(target), set(owned_names))
+    target = Path(target).absolute()
+    with _created_parents((target,)), _naming_output(target):
+        remove_stale_temporaries(target)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+        try:
+            yield tmp_dir
+            os.chmod(tmp_dir, 0o777 & ~_UMASK)
+            if target.exists():
+                _swap_dir(tmp_dir, target)
+            else:
+                os.replace(tmp_dir, target)
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
@@ -67,10 +97,92 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(target, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes_atomic(target, finite_json(obj, str(target)).encode())
+
+
+def finite_json(obj: Any, where: str) -> str:
+    """``obj`` as indented JSON text; one holding NaN or infinite numbers is refused, so never written."""
+    try:
+        return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        raise VitDeployError(f"{where}: the report holds NaN or infinite values; nothing was written") from None
+
+
+def check_output_files(*targets: str | os.PathLike) -> None:
+    """Refuse, before any work starts, output files that could not be written (a directory in the way,
+    a parent that is a file, an unwritable directory)."""
+    for target in map(Path, targets):
+        if target.is_dir():
+            raise VitDeployError(f"{target} is a directory; give a file name")
+        _check_parents(target)
+
+
+def check_output_dir(target: str | os.PathLike, owned_names: Iterable[str]) -> None:
+    """Refuse, before any work starts, an output directory ``atomic_dir`` would not replace."""
+    _check_replaceable(Path(target), set(owned_names))
+    _check_parents(Path(target))
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove temporaries beside ``target`` left by writers that no longer run (e.g. killed with -9)."""
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            if entry.name.startswith(f".{target.name}.") and entry.name.endswith(_TEMP_SUFFIXES) \
+                    and not _writer_alive(entry.name.removeprefix(f".{target.name}.")):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _swap_dir(tmp_dir: Path, target: Path) -> None:
+    """Replace the directory ``target`` with ``tmp_dir``; if that fails, ``target`` stays as it was."""
+    backup = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".old", dir=target.parent))
+    moved = backup / target.name
+    try:
+        os.replace(target, moved)
+        os.replace(tmp_dir, target)
+    except BaseException:
+        if moved.exists() and not target.exists():
+            os.replace(moved, target)
+        raise
+    finally:
+        if not moved.exists() or target.exists():
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def _replace_all(tmp_paths: tuple[Path, ...], targets: tuple[Path, ...]) -> None:
+    """Move every staged file onto its target; if one move fails, put back the ones already moved."""
+    backups: list[Path | None] = []
+    moved = 0
+    try:
+        backups.extend(_backup(target) for target in targets)
+        for tmp_path, target in zip(tmp_paths, targets):
+            os.replace(tmp_path, target)
+            moved += 1
+    except BaseException:
+        for target, backup in reversed(list(zip(targets, backups))[:moved]):
+            if backup:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+        raise
+    finally:
+        for backup in filter(None, backups):
+            backup.unlink(missing_ok=True)
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to the existing ``target`` (to restore it), or None when there is none."""
+    if not target.exists():
+        return None
+    backup = _mkstemp(target, ".old")
+    backup.unlink()
+    os.link(target, backup)
+    return backup
 
 
 def _check_replaceable(target: Path, owned: set[str]) -> None:
+    cwd = Path.cwd()
+    if target.resolve() in (cwd, *cwd.parents):
+        raise VitDeployError(f"{target} is the current directory (or holds it); give a new directory name")
     if target.is_file():
         raise VitDeployError(f"{target} is a file; give a directory name")
     if target.is_dir():
@@ -80,20 +192,82 @@ def _check_replaceable(target: Path, owned: set[str]) -> None:
                                  "choose a new or empty directory")
 
 
-def _make_parent(target: Path) -> None:
+def _check_parents(target: Path) -> None:
+    """The nearest existing parent of ``target`` is a directory that accepts new files (probed)."""
+    existing = next(p for p in target.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise VitDeployError(f"cannot write {target}: {existing} is a file")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise VitDeployError(f"cannot write {target}: a parent of it is a file") from None
-    except PermissionError:
-        raise VitDeployError(f"cannot write {target}: permission denied") from None
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=existing)
+    except OSError as exc:
+        raise OutputError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextlib.contextmanager
+def _created_parents(targets: tuple[Path, ...]) -> Iterator[None]:
+    """Create the missing parents of ``targets``; remove them again if the block fails."""
+    created: list[Path] = []
+    try:
+        for target in targets:
+            created += _make_parent(target)
+        yield
+    except BaseException:
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+
+
+def _make_parent(target: Path) -> list[Path]:
+    """Create ``target``'s missing parent directories; return them, outermost first."""
+    missing = [p for p in reversed(target.absolute().parents) if not p.exists()]
+    for directory in missing:
+        try:
+            directory.mkdir()
+        except (FileExistsError, NotADirectoryError):
+            raise VitDeployError(f"cannot write {target}: a parent of it is a file") from None
+        except OSError as exc:
+            raise OutputError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
+    if not target.parent.is_dir():
+        raise VitDeployError(f"cannot write {target}: a parent of it is a file")
+    return missing
+
+
+@contextlib.contextmanager
+def _naming_output(*targets: Path) -> Iterator[None]:
+    """Turn an OS error while writing ``targets`` into one ``OutputError`` line naming them."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        raise OutputError(exc.errno, f"cannot write {', '.join(map(str, targets))}: {exc.strerror or exc}") from None
 
 
 def _mkstemp(target: Path, suffix: str) -> Path:
-    _make_parent(target)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    except PermissionError:
-        raise VitDeployError(f"cannot write {target}: permission denied") from None
+    remove_stale_temporaries(target)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
+
+
+def _writer_alive(tail: str) -> bool:
+    """Whether the process whose id starts ``tail`` (``PID-random…``) still runs; True if unknown."""
+    pid = tail.split("-", 1)[0]
+    if not pid.isdigit() or "-" not in tail:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True

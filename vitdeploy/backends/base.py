@@ -23,6 +23,10 @@ from vitdeploy.errors import VitDeployError
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
+SPARSITY_UNKNOWN = "unknown"
+"""What ``ModelSource.sparsity()`` says of a bare .onnx: no spec records whether its weights are 2:4."""
+PRUNE_24_HINT = "vitdeploy prune sparse24 MODEL --out DIR"
+"""The command that leaves a model's block weights 2:4 sparse (named in the backends' error hints)."""
 
 
 @dataclass
@@ -36,7 +40,8 @@ class BuildConfig:
     threads: int | None = 2
     """CPU threads (ONNX Runtime intra-op, torch); None = the library's default."""
     sparse_weights: bool = False
-    """Ask for 2:4 sparse kernels (TensorRT SPARSE_WEIGHTS, torch cuSPARSELt). Set from the spec."""
+    """Ask for 2:4 sparse kernels (TensorRT SPARSE_WEIGHTS, torch cuSPARSELt). ``vitdeploy bench`` sets it
+    per model from the spec's ``sparsity`` or its ``--sparsity`` flag (``vitdeploy.bench.run.sparse_weights_for``)."""
     workspace_mb: int = 4096
     cuda_graphs: bool = False
     compile: bool = False
@@ -99,6 +104,12 @@ class ModelSource:
             export_onnx(model, path)
             self._onnx = path
         return self._onnx
+
+    def sparsity(self) -> str | None:
+        """The spec's ``sparsity`` ("2:4" or None), or ``SPARSITY_UNKNOWN`` for a bare .onnx."""
+        if self._model is None and self.ref.endswith(".onnx"):
+            return SPARSITY_UNKNOWN
+        return self.torch_model().spec.sparsity
 
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one input image."""

@@ -11,13 +11,15 @@ left to wait for.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from vitdeploy.backends.base import BuildConfig, ModelSource
-from vitdeploy.bench.device import device_name
+from vitdeploy.export.ort_session import CPU_PROVIDER, open_session
+from vitdeploy.hardware import device_name
 from vitdeploy.errors import VitDeployError
 
-CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 TENSORRT_PROVIDER = "TensorrtExecutionProvider"
 
@@ -81,25 +83,8 @@ class OnnxRuntimeBackend:
 
         config.validate()
         providers = execution_providers(config, ort.get_available_providers())
-        onnx_path = source.onnx_path()
-        try:
-            session = ort.InferenceSession(str(onnx_path), session_options(config), providers=providers)
-        except Exception as exc:  # onnxruntime raises several unrelated exception types
-            raise VitDeployError(f"{onnx_path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0]}") from None
+        session = open_session(source.onnx_path(), config.threads, providers)
         return OnnxRuntimeEngine(session, config, device_name(config.device))
-
-
-def session_options(config: BuildConfig):
-    """Session options: ALL graph optimizations, ``config.threads`` intra-op, 1 inter-op thread."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.inter_op_num_threads = 1
-    if config.threads is not None:
-        options.intra_op_num_threads = config.threads
-    options.log_severity_level = 3
-    return options
 
 
 def execution_providers(config: BuildConfig, available: list[str]) -> list:
@@ -130,3 +115,6 @@ def execution_providers(config: BuildConfig, available: list[str]) -> list:
                                  "here: pass --precision fp32 or use --backend tensorrt")
         return [(TENSORRT_PROVIDER, {"trt_fp16_enable": True}), CUDA_PROVIDER, CPU_PROVIDER]
     return [*gpu_providers, CPU_PROVIDER]
+
+
+BACKEND = OnnxRuntimeBackend

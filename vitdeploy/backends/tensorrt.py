@@ -17,7 +17,7 @@ instead. ``docs/tensorrt10-api-notes.md`` collects them. The sources are:
   loaders (``tools/Polygraphy/polygraphy/backend/trt/{loader,config}.py``), which make the same
   calls in the same order.
 
-``tests/test_tensorrt_backend.py`` runs the build and run sequences against a strict fake
+``tests/backends/test_tensorrt.py`` runs the build and run sequences against a strict fake
 ``tensorrt`` module, which accepts only the attributes above.
 
 The module is split in two:
@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.backends.base import BuildConfig, ModelSource
+from vitdeploy.backends.base import PRUNE_24_HINT, SPARSITY_UNKNOWN, BuildConfig, ModelSource
 from vitdeploy.backends.cache import EngineCache, cache_key, file_sha256
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_bytes_atomic
@@ -65,8 +65,6 @@ BF16_MIN_TENSORRT_MAJOR = 9
 PRECISION_FLAGS = {"fp32": None, "fp16": "FP16", "bf16": "BF16"}
 """``trt.BuilderFlag`` name per precision; fp32 needs none (and keeps TF32, TensorRT's default)."""
 SPARSE_FLAG = "SPARSE_WEIGHTS"
-SPARSITY_UNKNOWN = "unknown"
-"""Spec sparsity for a bare .onnx: no spec says whether its weights are 2:4, so TensorRT checks them itself."""
 TORCH_DTYPE_NAMES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
                      "INT32": "int32", "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
 """``trt.DataType`` name → torch dtype name (``trt.nptype`` has no bf16)."""
@@ -105,8 +103,8 @@ def builder_flags(config: BuildConfig, spec_sparsity: str | None, tensorrt_versi
     """The ``trt.BuilderFlag`` names to set for ``config``.
 
     ``spec_sparsity`` is the model spec's ``sparsity`` ("2:4" or None), or ``SPARSITY_UNKNOWN``
-    for a bare .onnx. ``tensorrt_version`` (``trt.__version__``), when given, is checked against
-    what the precision needs.
+    for a bare .onnx, whose weights TensorRT checks itself. ``tensorrt_version``
+    (``trt.__version__``), when given, is checked against what the precision needs.
     """
     if config.precision not in PRECISION_FLAGS:
         raise VitDeployError(f"unknown precision {config.precision!r}: choose one of {', '.join(PRECISION_FLAGS)}")
@@ -123,7 +121,7 @@ def builder_flags(config: BuildConfig, spec_sparsity: str | None, tensorrt_versi
 def _check_sparse_request(config: BuildConfig, spec_sparsity: str | None) -> None:
     if spec_sparsity not in ("2:4", SPARSITY_UNKNOWN):
         raise VitDeployError("2:4 sparse kernels need 2:4 sparse weights, and this model's spec records none: "
-                             "prune with --sparsity 2:4 first")
+                             f"prune with `{PRUNE_24_HINT}` first")
     if config.precision == "fp32":
         raise VitDeployError("TensorRT's 2:4 sparse kernels run in reduced precision: pass --precision fp16")
 
@@ -446,7 +444,7 @@ class TensorRTBackend:
         if reason:
             raise VitDeployError(f"backend tensorrt is not available here: {reason}")
         trt = import_tensorrt()
-        flags = builder_flags(config, spec_sparsity(source), trt.__version__)
+        flags = builder_flags(config, source.sparsity(), trt.__version__)
         onnx_path = source.onnx_path()
         onnx_sha256 = file_sha256(onnx_path)
         gpu_name, capability = gpu_identity()
@@ -461,20 +459,12 @@ class TensorRTBackend:
         return TensorRTEngine(engine_path.read_bytes(), self.cache.read_metadata(key))
 
 
-def spec_sparsity(source: ModelSource) -> str | None:
-    """The model spec's sparsity, or ``SPARSITY_UNKNOWN`` for a bare .onnx without a model."""
-    try:
-        model = source.torch_model()
-    except VitDeployError:
-        if source.ref.endswith(".onnx"):
-            return SPARSITY_UNKNOWN
-        raise
-    return model.spec.sparsity
-
-
 def gpu_identity() -> tuple[str, str]:
     """(name, compute capability "major.minor") of the current CUDA device, as torch reports them."""
     import torch
 
     major, minor = torch.cuda.get_device_capability()
     return torch.cuda.get_device_name(), f"{major}.{minor}"
+
+
+BACKEND = TensorRTBackend

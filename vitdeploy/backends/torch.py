@@ -12,8 +12,8 @@ Options (all from ``BuildConfig``):
   on a side stream; ``run`` replays it.
 - ``sparse_weights`` (CUDA, fp16/bf16 only): every Linear inside the transformer blocks gets its
   weight converted with ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt or CUTLASS 2:4
-  kernels). The weights must already be 2:4 sparse, as ``vitdeploy prune --sparsity 2:4`` leaves
-  them.
+  kernels). The weights must already be 2:4 sparse, as ``vitdeploy prune sparse24`` leaves
+  them; ``vitdeploy bench`` asks for this when the spec records 2:4 (or with ``--sparsity 2:4``).
 
 CUDA is touched only inside ``build`` and the engine, never at import time. Every forward pass
 runs under ``torch.inference_mode()``.
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitdeploy.backends.base import BuildConfig, ModelSource
-from vitdeploy.bench.device import device_name
+from vitdeploy.backends.base import PRUNE_24_HINT, BuildConfig, ModelSource
+from vitdeploy.hardware import device_name
 from vitdeploy.errors import VitDeployError
+from vitdeploy.models.sparse24 import require_24_weight
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODE = "max-autotune"
 GRAPH_WARMUP_RUNS = 3
-SPARSE_DIM_MULTIPLE = 16
 
 
 @dataclass
@@ -176,14 +176,7 @@ def sparsify_block_linears(model: nn.Module) -> None:
 
 def check_two_four(weight: torch.Tensor, name: str) -> None:
     """Raise ``VitDeployError`` unless ``weight`` is 2:4 sparse along its input dim, dims multiples of 16."""
-    rows, cols = weight.shape
-    if rows % SPARSE_DIM_MULTIPLE or cols % SPARSE_DIM_MULTIPLE:
-        raise VitDeployError(f"{name}: 2:4 kernels need weight dims divisible by {SPARSE_DIM_MULTIPLE}, "
-                             f"got {rows}×{cols}")
-    nonzeros_per_group = (weight.reshape(rows, cols // 4, 4) != 0).sum(-1)
-    if int(nonzeros_per_group.max()) > 2:
-        raise VitDeployError(f"{name}: weights are not 2:4 sparse (a group of 4 has more than 2 non-zeros): "
-                             "prune with --sparsity 2:4 first")
+    require_24_weight(weight, name, f"prune with `{PRUNE_24_HINT}` first")
 
 
 def capture_graph(model: nn.Module, example: torch.Tensor) -> CapturedGraph:
@@ -206,3 +199,6 @@ def apply_threads(config: BuildConfig) -> None:
     """Set torch's (process-wide) CPU thread count to the config's, if it names one."""
     if config.device == "cpu" and config.threads is not None and torch.get_num_threads() != config.threads:
         torch.set_num_threads(config.threads)
+
+
+BACKEND = TorchBackend

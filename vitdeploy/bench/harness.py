@@ -17,8 +17,10 @@ import numpy as np
 
 from vitdeploy.backends.base import Engine
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import schema
 
 
+@schema
 @dataclass
 class TimingPlan:
     warmup: int = 10

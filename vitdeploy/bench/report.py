@@ -1,6 +1,6 @@
 """Benchmark results: one JSON-ready record, written as JSON, markdown tables and a figure.
 
-A ``BenchResult`` holds the environment (``vitdeploy.bench.device.environment``), the config
+A ``BenchResult`` holds the environment (``vitdeploy.hardware.environment``), the config
 that produced it and one row per (model, batch): the harness's ``Measurement.to_dict()`` plus
 the model, backend, precision, optional MACs and ``ratio_to_first``, the throughput relative to
 the first model at the same batch. Ratios are the figures to compare on a shared machine; they
@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from vitdeploy.bench.device import environment as current_environment
+from vitdeploy.hardware import environment as current_environment
 from vitdeploy.bench.harness import Measurement
 from vitdeploy.errors import VitDeployError
-from vitdeploy.io import write_bytes_atomic, write_json_atomic
-from vitdeploy.report import format_table
+from vitdeploy.io import atomic_paths, finite_json
+from vitdeploy.tables import format_table
 
 SeriesKey = tuple[str, str | None, str | None]
 
@@ -121,8 +121,8 @@ def environment_line(env: dict) -> str:
             f"threads {env.get('threads') or 'default'}; {env.get('utc')}")
 
 
-def figure_png(result: BenchResult) -> bytes:
-    """Two panels against batch size (log scale): throughput and median latency, a line per series."""
+def figure_png(result: BenchResult, x: str = "batch", x_label: str = "batch size") -> bytes:
+    """Two panels against ``x`` (log scale; batch size by default): throughput and median latency per series."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -131,16 +131,16 @@ def figure_png(result: BenchResult) -> bytes:
     throughput_axes, latency_axes = figure.subplots(1, 2)
     labels = series_labels(result.rows)
     for key, rows in _rows_by_series(result.rows).items():
-        rows = sorted(rows, key=lambda row: row["batch"])
-        batches = [row["batch"] for row in rows]
+        rows = sorted(rows, key=lambda row: row[x])
+        batches = [row[x] for row in rows]
         throughput_axes.plot(batches, [row["throughput"] for row in rows], marker="o", label=labels[key])
         latency_axes.plot(batches, [row["median_ms"] for row in rows], marker="o", label=labels[key])
-    batch_sizes = sorted({row["batch"] for row in result.rows})
+    batch_sizes = sorted({row[x] for row in result.rows})
     for axes, ylabel in ((throughput_axes, "throughput (img/s)"), (latency_axes, "median latency (ms)")):
         axes.set_xscale("log", base=2)
         axes.set_xticks(batch_sizes, labels=[str(b) for b in batch_sizes])
         axes.minorticks_off()
-        axes.set_xlabel("batch size")
+        axes.set_xlabel(x_label)
         axes.set_ylabel(ylabel)
         axes.grid(alpha=0.3)
     if result.rows:
@@ -151,14 +151,17 @@ def figure_png(result: BenchResult) -> bytes:
     return buffer.getvalue()
 
 
-def write_result(result: BenchResult, out_stem: Path) -> list[Path]:
-    """Write ``<out_stem>.json``, ``.md`` and ``.png`` atomically; return their paths."""
+def write_result(result: BenchResult, out_stem: Path, markdown: str | None = None, x: str = "batch",
+                 x_label: str = "batch size") -> list[Path]:
+    """Write ``<out_stem>.json``, ``.md`` (``markdown``, default ``markdown_report``) and ``.png``
+    together, all or none; return their paths. The plot's x axis is the rows' ``x`` field."""
     out_stem = Path(out_stem)
-    json_path, md_path, png_path = (out_stem.with_name(out_stem.name + suffix) for suffix in (".json", ".md", ".png"))
-    write_json_atomic(json_path, result.to_dict())
-    write_bytes_atomic(md_path, markdown_report(result).encode())
-    write_bytes_atomic(png_path, figure_png(result))
-    return [json_path, md_path, png_path]
+    paths = [out_stem.with_name(out_stem.name + suffix) for suffix in (".json", ".md", ".png")]
+    with atomic_paths(*paths) as (json_tmp, md_tmp, png_tmp):
+        json_tmp.write_text(finite_json(result.to_dict(), str(paths[0])))
+        md_tmp.write_bytes((markdown if markdown is not None else markdown_report(result)).encode())
+        png_tmp.write_bytes(figure_png(result, x, x_label))
+    return paths
 
 
 def load_result(path: Path) -> BenchResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,27 +14,56 @@ from vitdeploy.bench.report import BenchResult
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.flops import total_macs
 
+SPARSITY_CHOICES = ("auto", "none", "2:4")
+"""``--sparsity``: 2:4 kernels where the spec records 2:4 and the build can run them, never, or always."""
+SPARSE_BACKENDS = ("torch", "tensorrt")
+"""Backends with 2:4 sparse kernels (ONNX Runtime has none)."""
 
-def parse_batches(text: str) -> tuple[int, ...]:
-    """'1,8,32' → (1, 8, 32)."""
+
+def parse_batches(text: str, flag: str = "--batch", what: str = "batch sizes") -> tuple[int, ...]:
+    """'1,8,32' → (1, 8, 32); ``flag`` and ``what`` name the option and its values in the error."""
     try:
         batches = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         batches = ()
     if not batches or min(batches) < 1:
-        raise VitDeployError(f"--batch {text!r}: give comma-separated batch sizes ≥ 1, e.g. 1,8,32")
+        raise VitDeployError(f"{flag} {text!r}: give comma-separated {what} ≥ 1, e.g. 1,8,32")
     return batches
 
 
+def sparse_weights_for(source: ModelSource, sparsity: str, backend_name: str, config: BuildConfig) -> bool:
+    """Whether ``source`` is built with 2:4 sparse kernels (``BuildConfig.sparse_weights``).
+
+    ``auto``: when its spec records 2:4 and the build can run them (a backend in
+    ``SPARSE_BACKENDS``, CUDA, fp16 or bf16); otherwise dense kernels, as before. ``2:4``: always,
+    so the backend's own checks say what is missing. ``none``: never.
+    """
+    if sparsity not in SPARSITY_CHOICES:
+        raise VitDeployError(f"--sparsity {sparsity!r}: choose one of {', '.join(SPARSITY_CHOICES)}")
+    if sparsity == "none":
+        return False
+    if backend_name not in SPARSE_BACKENDS:
+        if sparsity == "2:4":
+            raise VitDeployError(f"--sparsity 2:4: backend {backend_name} has no 2:4 sparse kernels; "
+                                 f"use --backend {' or '.join(SPARSE_BACKENDS)}")
+        return False
+    if sparsity == "2:4":
+        return True
+    return source.sparsity() == "2:4" and config.device == "cuda" and config.precision != "fp32"
+
+
 def bench_models(refs: list[str], backend_name: str, config: BuildConfig, plan: TimingPlan, work_dir: Path,
-                 progress: bool = False) -> BenchResult:
+                 progress: bool = False, sparsity: str = "auto") -> BenchResult:
     """Measure every model reference at every batch size in ``config``; ratios are to the first."""
-    return bench_sources(_sources(refs, work_dir), backend_name, config, plan, progress)
+    return bench_sources(_sources(refs, work_dir), backend_name, config, plan, progress, sparsity)
 
 
 def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: BuildConfig, plan: TimingPlan,
-                  progress: bool = False) -> BenchResult:
-    """Measure named model sources at every batch size in ``config``; ratios are to the first."""
+                  progress: bool = False, sparsity: str = "auto") -> BenchResult:
+    """Measure named model sources at every batch size in ``config``; ratios are to the first.
+
+    ``sparsity`` sets each model's ``sparse_weights`` (``sparse_weights_for``), replacing the config's.
+    """
     config.validate()
     plan.validate()
     backend = get_backend(backend_name, require_available=False)
@@ -42,7 +71,9 @@ def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: Bu
         raise VitDeployError(f"backend {backend_name} is not available here: "
                              f"{backend.unavailable_reason(config.device)}")
     shape = _common_input_shape(sources)
-    engines = {name: backend.build(source, config) for name, source in sources.items()}
+    configs = {name: replace(config, sparse_weights=sparse_weights_for(source, sparsity, backend_name, config))
+               for name, source in sources.items()}
+    engines = {name: backend.build(source, configs[name]) for name, source in sources.items()}
     measurements: list[Measurement] = []
     bar = tqdm(total=len(config.batch_sizes) * plan.rounds, desc="bench", disable=not progress)
     for batch in config.batch_sizes:
@@ -53,7 +84,8 @@ def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: Bu
     title = f"{backend_name} {config.precision} on {config.device}: " + ", ".join(sources)
     bench_config = {"backend": backend_name, "models": {n: s.ref for n, s in sources.items()},
                     "build": config.to_dict(), "timing": asdict(plan),
-                    "threads": config.threads}
+                    "threads": config.threads, "sparsity": sparsity,
+                    "sparse_weights": {name: c.sparse_weights for name, c in configs.items()}}
     return BenchResult.from_measurements(title, measurements, bench_config, macs=_macs(sources))
 
 

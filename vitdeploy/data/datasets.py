@@ -164,3 +164,14 @@ def _in_memory_batches(
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
         yield dataset.batch(order[start:stop] if order is not None else slice(start, stop))
+
+
+def dataset_for(model, source: str, split: str, limit: int | None = None, resize: bool = False):
+    """A dataset preprocessed for ``model``: its image size, channels, mean and std."""
+    spec = model.spec
+    dataset = load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
+                           mean=spec.mean, std=spec.std, resize=resize, limit=limit)
+    if len(dataset.classes) > spec.num_classes:
+        raise VitDeployError(f"{source} has {len(dataset.classes)} classes but the model's head has "
+                             f"{spec.num_classes}: use data labelled for this model")
+    return dataset

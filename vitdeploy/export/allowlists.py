@@ -15,7 +15,10 @@ Sources (figures and facts only, restated in our own words):
   Exports should therefore keep K <= 3840.
 * ONNX Runtime (CPU EP): treated as supporting every standard, non-deprecated ``ai.onnx``
   operator of the model's opset. The schemas come from the installed ``onnx`` package
-  (``onnx.defs.get_all_schemas_with_history``).
+  (``onnx.defs.get_all_schemas_with_history``). Beside them, the ``com.microsoft`` contrib ops
+  that ``vitdeploy.export.fuse`` may write (through ONNX Runtime's transformer optimizer): both
+  are defined in ONNX Runtime's ``docs/ContribOperators.md`` and have CPU kernels
+  (``docs/OperatorKernels.md``). TensorRT parses none of them.
 """
 
 from __future__ import annotations
@@ -100,6 +103,12 @@ TENSORRT_VIT_OP_NOTES: Mapping[str, str] = {
 }
 
 
+#: (domain, op) of the ONNX Runtime contrib ops allowed in exports for target onnxruntime.
+ONNXRUNTIME_CONTRIB_OPS: frozenset[tuple[str, str]] = frozenset(
+    {("com.microsoft", "BiasGelu"), ("com.microsoft", "Gelu")}
+)
+
+
 @lru_cache(maxsize=None)
 def standard_onnx_ops(opset: int) -> frozenset[str]:
     """Return the ai.onnx operators that exist, and are not deprecated, at ``opset``.
@@ -124,3 +133,8 @@ def allowed_ops(target: str, opset: int) -> frozenset[str]:
     if target == "tensorrt":
         return TENSORRT_OPS & standard_onnx_ops(opset)
     raise VitDeployError(f"unknown target {target!r}: choose tensorrt or onnxruntime")
+
+
+def allowed_contrib_ops(target: str) -> frozenset[tuple[str, str]]:
+    """Return the (domain, op) pairs outside the standard domain that the audit allows for ``target``."""
+    return ONNXRUNTIME_CONTRIB_OPS if target == "onnxruntime" else frozenset()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.allowlists import TENSORRT_MAX_OPSET
 from vitdeploy.models.spec import SELECTION_METHODS
+from vitdeploy.schema import schema
 
 TARGETS = ("onnxruntime", "tensorrt")
 MIN_OPSET = 18
@@ -15,9 +16,12 @@ MAX_OPSET = 24
 """The newest opset exported and checked on ONNX Runtime here (23+ uses the ONNX Attention op)."""
 
 
+@schema
 @dataclass
 class ExportConfig:
-    opset: int = 18
+    opset: int = 20
+    """20 is the first opset where torch writes GELU as the ONNX ``Gelu`` op, which ONNX Runtime
+    fuses with its bias and TensorRT imports as one layer (see ``fuse.py``)."""
     selection: str = "topk"
     target: str = "onnxruntime"
     example_batch: int = 2

@@ -1,8 +1,10 @@
 """torch → ONNX export with a static token plan and a dynamic batch axis, checked on every run.
 
-Every export runs the ONNX checker (full mode), the op audit (no sort, target allowlist) and an
-ONNX Runtime parity check against PyTorch. The .onnx and its JSON report (export config, audit,
-parity, spec) are renamed into place only when all three pass, so a failed export leaves nothing.
+After torch's (dynamo) exporter, ``fuse.py``'s passes reshape the graph so that the target's
+runtime fuses it fully. Every export then runs the ONNX checker (full mode), the op audit (no sort,
+target allowlist) and an ONNX Runtime parity check against PyTorch, on the graph as written. The
+.onnx and its JSON report (export config, fusion, audit, parity, spec) are renamed into place only
+when all three pass, so a failed export leaves nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -20,9 +23,9 @@ import onnx
 import torch
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.export import check
+from vitdeploy.export import check, fuse
 from vitdeploy.export.config import ExportConfig
-from vitdeploy.io import atomic_path, write_json_atomic
+from vitdeploy.io import atomic_paths, finite_json
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
@@ -37,15 +40,20 @@ class ExportReport:
     spec: dict
     macs: int
     export_seconds: float
+    fusion: fuse.FusionReport
     audit: check.AuditReport
     parity: check.ParityReport
+    assumed: list[str]
+    """What loading the model had to assume (heads, pooling, normalisation), if anything."""
 
     def to_dict(self) -> dict:
         return {
+            "assumed": self.assumed,
             "onnx": self.onnx_path,
             "config": asdict(self.config),
             "macs": self.macs,
             "export_seconds": round(self.export_seconds, 3),
+            "fusion": self.fusion.to_dict(),
             "audit": self.audit.to_dict(),
             "parity": self.parity.to_dict(),
             "spec": self.spec,
@@ -63,12 +71,15 @@ def export_onnx(model: ViT, out: str | Path, config: ExportConfig | None = None)
     _refuse_adaptive(model.spec)
     out = Path(out)
     started = time.perf_counter()
-    with atomic_path(out, suffix=".onnx") as tmp, _selection(model.eval(), config.selection):
+    with atomic_paths(out, report_path(out), suffixes=(".onnx", ".json")) as (tmp, report_tmp), \
+            _selection(model.eval(), config.selection):
         _torch_export(model, tmp, config)
-        audit, parity = _check_export(tmp, model, config)
+        fusion = fuse.fuse(tmp, config.target, config.opset)
+        audit, parity = _check_export(tmp, model, config, fusion)
         report = ExportReport(str(out), config, model.spec.to_dict(), total_macs(model.spec),
-                              time.perf_counter() - started, audit, parity)
-    write_json_atomic(report_path(out), report.to_dict())
+                              time.perf_counter() - started, fusion, audit, parity,
+                              list(getattr(model, "assumptions", [])))
+        report_tmp.write_text(finite_json(report.to_dict(), str(report_path(out))))
     return report
 
 
@@ -79,21 +90,27 @@ def _refuse_adaptive(spec: ViTSpec) -> None:
             "this model uses a-STAR: each image keeps a different number of tokens, so it is not a static graph "
             "and cannot be exported. Its static STAR plan (the same ρ and fused scores, keeping "
             f"{', '.join(map(str, counts))} patch tokens) exports: add --as-static-star to `vitdeploy export`, "
-            "or prune with --method star")
+            "or prune with `vitdeploy prune star`")
 
 
-def _check_export(path: Path, model: ViT, config: ExportConfig) -> tuple[check.AuditReport, check.ParityReport]:
-    """Checker, audit and parity; any failure raises ``VitDeployError`` (and the export is dropped)."""
+def _check_export(path: Path, model: ViT, config: ExportConfig,
+                  fusion: fuse.FusionReport) -> tuple[check.AuditReport, check.ParityReport]:
+    """Checker, audit and parity; any failure raises ``VitDeployError`` (and the export is dropped).
+    Fills ``fusion``'s op counts of the written graph and of ONNX Runtime's optimisation of it."""
     check.check_model(path)
-    exported = onnx.load(str(path))
-    if check.model_opset(exported) != config.opset:
-        raise RuntimeError(f"asked the exporter for opset {config.opset}, got {check.model_opset(exported)}")
-    audit = check.audit(exported, config.target)
+    written = onnx.load(str(path))
+    if check.model_opset(written) != config.opset:
+        raise RuntimeError(f"asked the exporter for opset {config.opset}, got {check.model_opset(written)}")
+    fusion.written = fuse.op_counts(written)
+    audit = check.audit(written, config.target)
     if not audit.passed:
         raise VitDeployError("op audit failed: " + "; ".join(audit.violations))
-    parity = check.parity(path, _torch_reference(model), _input_shape(model), config.parity_batches,
-                          config.parity_atol, images=_parity_images(model, config),
-                          images_name=f"{config.parity_data} test images")
+    with tempfile.TemporaryDirectory() as scratch:
+        optimized = Path(scratch) / "onnxruntime-optimized.onnx"
+        parity = check.parity(path, torch_reference(model), input_shape(model), config.parity_batches,
+                              config.parity_atol, images=_parity_images(model, config),
+                              images_name=f"{config.parity_data} test images", optimized_model_path=optimized)
+        fusion.onnxruntime = fuse.op_counts(onnx.load(str(optimized)))
     if not parity.passed:
         raise VitDeployError(f"parity check failed: ONNX Runtime differs from PyTorch by "
                              f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}{_parity_hint(model, config)}")
@@ -103,8 +120,7 @@ def _check_export(path: Path, model: ViT, config: ExportConfig) -> tuple[check.A
 def _parity_images(model: ViT, config: ExportConfig) -> np.ndarray | None:
     if config.parity_data is None:
         return None
-    from vitdeploy.data import batches
-    from vitdeploy.evaluate import dataset_for
+    from vitdeploy.data import batches, dataset_for
 
     count = max(config.parity_batches)
     images = next(iter(batches(dataset_for(model, config.parity_data, "test", count, config.parity_resize), count)))[0]
@@ -134,7 +150,7 @@ def _selection(model: ViT, method: str):
 
 
 def _torch_export(model: ViT, path: Path, config: ExportConfig) -> None:
-    example = torch.zeros(config.example_batch, *_input_shape(model))
+    example = torch.zeros(config.example_batch, *input_shape(model))
     batch = torch.export.Dim("batch", min=1)
     quiet = io.StringIO()
     with torch.no_grad(), quiet_exporter(quiet):
@@ -164,7 +180,9 @@ def quiet_exporter(captured: io.StringIO | None = None):
         logger.setLevel(level)
 
 
-def _torch_reference(model: ViT):
+def torch_reference(model: ViT):
+    """``model`` as a numpy → numpy function (no autograd), what ONNX Runtime is compared with."""
+
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(x)).numpy()
@@ -172,6 +190,7 @@ def _torch_reference(model: ViT):
     return run
 
 
-def _input_shape(model: ViT) -> tuple[int, int, int]:
+def input_shape(model: ViT) -> tuple[int, int, int]:
+    """(C, H, W) of one input image."""
     spec = model.spec
     return (spec.in_chans, spec.img_size, spec.img_size)

@@ -1,23 +1,10 @@
 """Rewrite ONNX graphs from other token-pruning codebases so they pass the op audit.
 
-DynamicViT/EViT-style code keeps the top-k tokens with ``torch.argsort(score)[:, :k]`` (or
-``torch.sort`` and the same slice). Both torch exporters turn that into a full sort followed
-by a slice::
-
-    K = length of the axis            (Shape -> Gather [-> Reshape], or a constant)
-    values, indices = TopK(score, K, axis=a, largest=l)
-    kept = Slice(indices, starts=[0], ends=[k], axes=[a])   (steps absent or [1])
-
-The op audit rejects such a TopK, since its K equals its axis length. When every use of the
-TopK outputs is a Slice that keeps the same first ``k < K`` entries along the TopK axis, the
-pair is replaced by ``TopK(score, k, axis=a, largest=l, sorted=1)``, whose outputs take over
-the Slice outputs. The first k entries of a sorted full TopK are exactly a sorted TopK of k,
-so the rewrite is exact.
-
-``rewrite_onnx`` folds constants first (so K computed from Shape -> Gather chains becomes a
-constant), applies the rewrite, folds again, re-runs the audit and compares ONNX Runtime
-outputs before and after at two batch sizes. The output model and a ``.rewrite.json`` report
-beside it are only written once the outputs match.
+``rewrite_onnx`` folds constants (so e.g. a K computed from Shape -> Gather chains becomes a
+constant), applies the rewrite rules of ``vitdeploy.export.rules`` (all of them, or those
+named), folds again, re-runs the audit and compares ONNX Runtime outputs before and after at
+two batch sizes. The output model and a ``.rewrite.json`` report beside it are only written
+once the outputs match.
 """
 
 from __future__ import annotations
@@ -33,7 +20,8 @@ import onnx_graphsurgeon as gs
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.allowlists import allowed_ops
 from vitdeploy.export.check import AuditReport, audit, model_opset, ort_session
-from vitdeploy.io import atomic_path, write_json_atomic
+from vitdeploy.export.rules import RewriteRule, select_rules
+from vitdeploy.io import atomic_paths, finite_json
 
 #: Batch sizes of the before/after parity check (neither is the usual export batch of 2).
 PARITY_BATCH_SIZES = (1, 3)
@@ -70,6 +58,7 @@ class RewriteReport:
     input: str
     output: str
     target: str
+    rules: list[str]
     applied: list[dict]
     skipped: list[dict]
     op_counts_before: dict[str, int]
@@ -82,6 +71,7 @@ class RewriteReport:
             "input": self.input,
             "output": self.output,
             "target": self.target,
+            "rules": self.rules,
             "applied": self.applied,
             "skipped": self.skipped,
             "op_counts_before": self.op_counts_before,
@@ -101,10 +91,6 @@ class _InputSpec:
         return tuple(batch if dim is None else dim for dim in self.dims)
 
 
-class _NotRewritable(Exception):
-    """Why a full-sort TopK is left as it is (the message goes into the report)."""
-
-
 def report_path(out_path: str | Path) -> Path:
     """Where ``rewrite_onnx`` writes its JSON report: OUT with the suffix ``.rewrite.json``."""
     return Path(out_path).with_suffix(REPORT_SUFFIX)
@@ -115,24 +101,26 @@ def rewrite_onnx(
     out_path: str | Path,
     target: str = "onnxruntime",
     atol: float = 1e-4,
+    rule_names: list[str] | None = None,
 ) -> RewriteReport:
-    """Fold constants, turn argsort+slice into TopK(k), audit, check parity, write OUT.
+    """Fold constants, apply the rewrite rules (all, or those named), audit, check parity, write OUT.
 
-    Raises ``VitDeployError`` (and writes nothing) when the input cannot be read, when its
-    inputs cannot be generated, when the rewritten graph fails the ONNX checker, or when its
-    outputs differ from the original's.
+    Raises ``VitDeployError`` (and writes nothing) when a rule name is unknown, when the input
+    cannot be read, when its inputs cannot be generated, when the rewritten graph fails the
+    ONNX checker, or when its outputs differ from the original's.
     """
+    rules = select_rules(rule_names)
     in_path, out_path = Path(in_path), Path(out_path)
     original = load_onnx(in_path)
     allowed_ops(target, model_opset(original))  # fail early on an unknown target
     specs = _input_specs(original)
-    graph = _folded_graph_with_shapes(original, specs)
-    applied, skipped = fold_argsort_topk(graph)
+    graph = _folded_graph_with_shapes(original, specs, rules)
+    applied, skipped = apply_rules(graph, rules)
     _fold(graph)
     rewritten = gs.export_onnx(graph)
     _check_rewritten(rewritten)
     audit_report = audit(rewritten, target)
-    with atomic_path(out_path, suffix=".onnx") as tmp:
+    with atomic_paths(out_path, report_path(out_path), suffixes=(".onnx", ".json")) as (tmp, report_tmp):
         onnx.save(rewritten, str(tmp))
         parity_report = _compare_outputs(in_path, tmp, specs, atol)
         if not parity_report.passed:
@@ -142,184 +130,32 @@ def rewrite_onnx(
                 f"different shape, NaNs or other integers: {parity_report.mismatched_outputs or 'none'}); "
                 "nothing was written"
             )
-    report = RewriteReport(
-        str(in_path), str(out_path), target, applied, skipped,
-        _op_counts(original), _op_counts(rewritten), audit_report, parity_report,
-    )
-    write_json_atomic(report_path(out_path), report.to_dict())
+        report = RewriteReport(
+            str(in_path), str(out_path), target, [rule.name for rule in rules], applied, skipped,
+            _op_counts(original), _op_counts(rewritten), audit_report, parity_report,
+        )
+        report_tmp.write_text(finite_json(report.to_dict(), str(report_path(out_path))))
     return report
 
 
-def fold_argsort_topk(graph: gs.Graph) -> tuple[list[dict], list[dict]]:
-    """Replace every full-sort TopK whose outputs are only used sliced to the first k by TopK(k).
+def apply_rules(graph: gs.Graph, rules: list[RewriteRule]) -> tuple[list[dict], list[dict]]:
+    """Apply each rule, in order, to every match it finds and ``check`` passes, in place.
 
-    Pure graph pass (no folding, no cleanup): K must already be a ``gs.Constant`` and the
-    TopK input's shape must give the axis length. Returns ``(applied, skipped)``: one dict per
-    rewritten node (node, axis, largest, old_k, new_k, slices) and one per full-sort TopK left
-    alone (node, reason). TopKs with K below their axis length are neither.
+    Pure graph pass (no folding, no cleanup). ``check`` runs just before each ``apply``, so it
+    sees the graph as the earlier rewrites left it. Returns ``(applied, skipped)``: one dict
+    per rewrite (rule, node and the rule's details) and one per match left alone (rule, node,
+    reason).
     """
     applied, skipped = [], []
-    for node in [n for n in graph.nodes if n.op == "TopK"]:
-        label = node.name or node.outputs[0].name
-        try:
-            sort = _full_sort(node)
-            if sort is None:
-                continue
-            axis, length = sort
-            k, slices_by_output = _first_k_slices(graph, node, axis, length)
-        except _NotRewritable as reason:
-            skipped.append({"node": label, "reason": str(reason)})
-            continue
-        _replace_with_topk_k(graph, node, axis, k, slices_by_output)
-        applied.append({
-            "node": label,
-            "axis": axis,
-            "largest": int(node.attrs.get("largest", 1)),
-            "old_k": length,
-            "new_k": k,
-            "slices": [s.name for slices in slices_by_output.values() for s in slices],
-        })
+    for rule in rules:
+        for match in rule.match(graph):
+            entry = {"rule": rule.name, "node": match.label}
+            reason = rule.check(match)
+            if reason is None:
+                applied.append({**entry, **rule.apply(graph, match)})
+            else:
+                skipped.append({**entry, "reason": reason})
     return applied, skipped
-
-
-# --- the graph pass --------------------------------------------------------------------------
-
-
-def _full_sort(node: gs.Node) -> tuple[int, int] | None:
-    """(axis, axis length) if the TopK sorts its whole axis, None if it is a genuine top-k."""
-    k = _constant_ints(node.inputs[1])
-    if k is None or len(k) != 1:
-        raise _NotRewritable("K is not a constant, even after constant folding")
-    shape = node.inputs[0].shape
-    if shape is None:
-        raise _NotRewritable("the rank of its input is unknown")
-    axis = _normalized_axis(int(node.attrs.get("axis", -1)), len(shape))
-    length = shape[axis] if 0 <= axis < len(shape) else None
-    if not isinstance(length, int):
-        raise _NotRewritable(f"the length of axis {axis} is unknown, even after shape inference")
-    return (axis, length) if k[0] >= length else None
-
-
-def _first_k_slices(
-    graph: gs.Graph, node: gs.Node, axis: int, length: int
-) -> tuple[int, dict[int, list[gs.Node]]]:
-    """The common k and, per TopK output index, the Slice nodes that keep its first k entries."""
-    slices_by_output: dict[int, list[gs.Node]] = {}
-    ks = set()
-    for index, tensor in enumerate(node.outputs):
-        if tensor in graph.outputs:
-            raise _NotRewritable(f"output {tensor.name} is a graph output, used without slicing")
-        for consumer in tensor.outputs:
-            ks.add(_slice_first_k(consumer, tensor, axis, length))
-            slices_by_output.setdefault(index, []).append(consumer)
-    if not ks:
-        raise _NotRewritable("none of its outputs is used")
-    if len(ks) > 1:
-        raise _NotRewritable(f"its outputs are sliced to different lengths {sorted(ks)}")
-    return ks.pop(), slices_by_output
-
-
-def _slice_first_k(consumer: gs.Node, tensor: gs.Tensor, axis: int, length: int) -> int:
-    """k if ``consumer`` is a Slice of ``tensor`` keeping its first k < length entries on ``axis``."""
-    if consumer.op != "Slice" or consumer.inputs[0] is not tensor:
-        raise _NotRewritable(f"{tensor.name} is used unsliced by {consumer.op} {consumer.name}")
-    starts, ends, axes, steps = _slice_params(consumer)
-    rank = len(tensor.shape) if tensor.shape is not None else None
-    if axes is None:
-        axes = list(range(len(starts)))
-    if rank is None and any(a < 0 for a in axes):
-        raise _NotRewritable(f"Slice {consumer.name}: negative axes on an input of unknown rank")
-    if [_normalized_axis(a, rank) for a in axes] != [axis]:
-        raise _NotRewritable(f"Slice {consumer.name} slices axes {axes}, not only the sort axis {axis}")
-    if steps not in (None, [1]):
-        raise _NotRewritable(f"Slice {consumer.name} has steps {steps}")
-    start, end = _clamped_index(starts[0], length), _clamped_index(ends[0], length)
-    if start != 0:
-        raise _NotRewritable(f"Slice {consumer.name} starts at {starts[0]}, not 0")
-    if end >= length:
-        raise _NotRewritable(f"Slice {consumer.name} keeps all {length} entries (a real full sort)")
-    if end == 0:
-        raise _NotRewritable(f"Slice {consumer.name} keeps no entries")
-    return end
-
-
-def _slice_params(node: gs.Node) -> tuple[list[int], list[int], list[int] | None, list[int] | None]:
-    """(starts, ends, axes, steps) of a Slice; axes/steps None when absent."""
-    if "starts" in node.attrs:  # opset < 10: attributes, no steps
-        return list(node.attrs["starts"]), list(node.attrs["ends"]), node.attrs.get("axes"), None
-    starts, ends = _constant_ints(node.inputs[1]), _constant_ints(node.inputs[2])
-    if starts is None or ends is None:
-        raise _NotRewritable(f"Slice {node.name}: starts/ends are not constants")
-    return starts, ends, _optional_slice_input(node, 3), _optional_slice_input(node, 4)
-
-
-def _optional_slice_input(node: gs.Node, position: int) -> list[int] | None:
-    if position >= len(node.inputs) or node.inputs[position].is_empty():
-        return None
-    values = _constant_ints(node.inputs[position])
-    if values is None:
-        raise _NotRewritable(f"Slice {node.name}: input {position} (axes/steps) is not a constant")
-    return values
-
-
-def _replace_with_topk_k(
-    graph: gs.Graph, node: gs.Node, axis: int, k: int, slices_by_output: dict[int, list[gs.Node]]
-) -> None:
-    """Set K=k and sorted=1, and let the TopK output what its Slices output.
-
-    An unused output keeps its tensor, with the axis length in its recorded shape set to k.
-    """
-    k_name = _unique_tensor_name(graph, f"{node.name or node.outputs[0].name}_k")
-    node.inputs[1] = gs.Constant(k_name, np.array([k], dtype=np.int64))
-    node.attrs["sorted"] = 1
-    for index, unused in enumerate(node.outputs):
-        if index not in slices_by_output and unused.shape is not None:
-            unused.shape = [k if dim == axis else size for dim, size in enumerate(unused.shape)]
-    for index, slices in slices_by_output.items():
-        kept = slices[0].outputs[0]
-        for duplicate_slice in slices[1:]:
-            _reroute(graph, duplicate_slice, kept)
-        slices[0].outputs.clear()
-        node.outputs[index] = kept
-
-
-def _reroute(graph: gs.Graph, slice_node: gs.Node, replacement: gs.Tensor) -> None:
-    """Point every use of the Slice's output at ``replacement`` (via Identity for a graph output)."""
-    duplicate = slice_node.outputs[0]
-    slice_node.outputs.clear()
-    for consumer in list(duplicate.outputs):
-        for position, tensor in enumerate(consumer.inputs):
-            if tensor is duplicate:
-                consumer.inputs[position] = replacement
-    if duplicate in graph.outputs:
-        name = f"{slice_node.name}_identity"
-        graph.nodes.append(gs.Node("Identity", name, inputs=[replacement], outputs=[duplicate]))
-
-
-def _constant_ints(tensor: gs.Tensor) -> list[int] | None:
-    if not isinstance(tensor, gs.Constant):
-        return None
-    return [int(v) for v in np.asarray(tensor.values).reshape(-1)]
-
-
-def _normalized_axis(axis: int, rank: int | None) -> int:
-    return axis + rank if axis < 0 and rank is not None else axis
-
-
-def _clamped_index(index: int, length: int) -> int:
-    """Slice semantics: negative counts from the end; the result is clipped to [0, length]."""
-    if index < 0:
-        index += length
-    return min(max(index, 0), length)
-
-
-def _unique_tensor_name(graph: gs.Graph, base: str) -> str:
-    taken = graph.tensors()
-    name, suffix = base, 0
-    while name in taken:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    return name
 
 
 # --- loading, folding and shapes -------------------------------------------------------------
@@ -366,11 +202,14 @@ def _dims_text(shape: onnx.TensorShapeProto) -> str:
     return "[" + ", ".join(dims) + "]"
 
 
-def _folded_graph_with_shapes(model: onnx.ModelProto, specs: list[_InputSpec]) -> gs.Graph:
-    """Fold constants with symbolic shapes; then, where a TopK axis length is still unknown,
+def _folded_graph_with_shapes(
+    model: onnx.ModelProto, specs: list[_InputSpec], rules: list[RewriteRule]
+) -> gs.Graph:
+    """Fold constants with symbolic shapes; then, where a shape the rules need is still unknown,
     take it from shape inference at two concrete batch sizes, and fold again."""
     graph = _fold_until_stable(_import_with_shapes(model))
-    if _fill_unknown_topk_shapes(graph, model, specs):
+    unknown = {tensor.name: tensor for rule in rules for tensor in rule.unknown_shapes(graph)}
+    if _fill_unknown_shapes(list(unknown.values()), model, specs):
         graph = _fold_until_stable(graph)
     return graph
 
@@ -399,13 +238,12 @@ def _fold(graph: gs.Graph) -> None:
     graph.cleanup().toposort()
 
 
-def _fill_unknown_topk_shapes(graph: gs.Graph, model: onnx.ModelProto, specs: list[_InputSpec]) -> bool:
-    """Set TopK input shapes whose axis length is unknown from batch-pinned probes.
+def _fill_unknown_shapes(unknown: list[gs.Tensor], model: onnx.ModelProto, specs: list[_InputSpec]) -> bool:
+    """Set the shapes of ``unknown`` tensors from batch-pinned probes.
 
     Dims that agree across the probe batch sizes are taken as static; the others stay unknown.
     Returns whether any shape was filled in.
     """
-    unknown = [n.inputs[0] for n in graph.nodes if n.op == "TopK" and not _axis_length_known(n)]
     if not unknown:
         return False
     probes = [_shapes_at_batch(model, specs, batch) for batch in SHAPE_PROBE_BATCH_SIZES]
@@ -417,14 +255,6 @@ def _fill_unknown_topk_shapes(graph: gs.Graph, model: onnx.ModelProto, specs: li
         tensor.shape = [a if a == b and isinstance(a, int) else None for a, b in zip(*shapes)]
         filled = True
     return filled
-
-
-def _axis_length_known(node: gs.Node) -> bool:
-    shape = node.inputs[0].shape
-    if shape is None:
-        return False
-    axis = _normalized_axis(int(node.attrs.get("axis", -1)), len(shape))
-    return 0 <= axis < len(shape) and isinstance(shape[axis], int)
 
 
 def _shapes_at_batch(model: onnx.ModelProto, specs: list[_InputSpec], batch: int) -> dict[str, list]:

@@ -21,8 +21,6 @@ import importlib.metadata
 import itertools
 import json
 import math
-import shlex
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -35,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vitdeploy.backends import Backend, BuildConfig, Engine, ModelSource, get_backend
-from vitdeploy.bench.device import environment
+from vitdeploy.hardware import environment
 from vitdeploy.bench.harness import TimingPlan, random_batch, time_engine, time_interleaved
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.onnx import quiet_exporter
@@ -159,13 +157,14 @@ def empty_parts(grid: Grid) -> dict[str, PartTable]:
 
 
 def build_table(backend_name: str, build_config: BuildConfig, grid: Grid, timing_plan: TimingPlan | None = None,
-                device_batch: int = 8, progress: bool = True) -> LatencyTable:
-    """Measure every part of ``grid`` on ``backend_name`` at batch ``device_batch``."""
-    return _build(backend_name, build_config, grid, timing_plan or BUILD_PLAN, device_batch, progress)
+                device_batch: int = 8, progress: bool = True, command: str = "") -> LatencyTable:
+    """Measure every part of ``grid`` on ``backend_name`` at batch ``device_batch``; ``command``
+    (the command line that asked for it) is recorded in the metadata."""
+    return _build(backend_name, build_config, grid, timing_plan or BUILD_PLAN, device_batch, progress, command)
 
 
 def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: TimingPlan, device_batch: int,
-           progress: bool, expected_device: str | None = None) -> LatencyTable:
+           progress: bool, command: str, expected_device: str | None = None) -> LatencyTable:
     grid.validate()
     backend = get_backend(backend_name)
     config = replace(build_config, batch_sizes=(device_batch,)).validate()
@@ -182,7 +181,7 @@ def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: Timin
         device=profiler.device_name, backend=backend_name, precision=config.precision, batch=device_batch,
         threads=config.threads, environment=_environment(config),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), timing_plan=asdict(plan),
-        grid=grid.to_dict(), build_config=config.to_dict(), build_command=shlex.join(sys.argv),
+        grid=grid.to_dict(), build_config=config.to_dict(), build_command=command,
         engine=profiler.engine_metadata,
     )
     return LatencyTable(metadata, grid.reference_heads, grid.stem, **parts)
@@ -197,7 +196,8 @@ def refresh_table(path: str | Path, timing_plan: TimingPlan | None = None, progr
     meta = old.metadata
     config = BuildConfig(**{**meta.build_config, "batch_sizes": tuple(meta.build_config["batch_sizes"])})
     plan = timing_plan or TimingPlan(**meta.timing_plan)
-    new = _build(meta.backend, config, Grid.from_dict(meta.grid), plan, meta.batch, progress, meta.device)
+    new = _build(meta.backend, config, Grid.from_dict(meta.grid), plan, meta.batch, progress, meta.build_command,
+                 meta.device)
     save_table(new, path)
     return new
 

@@ -44,10 +44,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vitdeploy.bench.device import device_slug
+from vitdeploy.hardware import device_slug
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_json_atomic
 from vitdeploy.models.spec import ViTSpec
+from vitdeploy.schema import parse, schema
 
 SCHEMA_VERSION = 1
 SIGNIFICANT_DIGITS = 4
@@ -111,6 +112,7 @@ class PartTable:
         return cls({name: list(values) for name, values in axes.items()}, ms.reshape(shape))
 
 
+@schema
 @dataclass(frozen=True)
 class StemGeometry:
     """What the ``fixed`` part (patch embedding and classifier heads) was measured for."""
@@ -126,6 +128,7 @@ class StemGeometry:
         return cls(spec.img_size, spec.patch_size, spec.in_chans, spec.num_classes, spec.distilled)
 
 
+@schema
 @dataclass
 class TableMetadata:
     """Where and how a table was measured; ``device, backend, precision, batch`` is its key."""
@@ -136,7 +139,7 @@ class TableMetadata:
     batch: int
     threads: int | None
     environment: dict[str, Any]
-    """``vitdeploy.bench.device.environment()``: CPU/GPU, OS, library versions, thread count."""
+    """``vitdeploy.hardware.environment()``: CPU/GPU, OS, library versions, thread count."""
     created: str
     timing_plan: dict[str, Any]
     grid: dict[str, Any]
@@ -149,6 +152,29 @@ class TableMetadata:
         """Hold the dict fields in their JSON form (lists, not tuples), as a loaded table does."""
         for name in ("environment", "timing_plan", "grid", "build_config", "engine"):
             setattr(self, name, json.loads(json.dumps(getattr(self, name))))
+
+
+@schema
+@dataclass
+class _PartFile:
+    axes: dict[str, list[float]]
+    ms: list[float]
+
+
+@schema
+@dataclass
+class _TableFile:
+    """A table file as JSON holds it; ``LatencyTable.from_dict`` checks what spans several fields."""
+
+    schema_version: int
+    metadata: TableMetadata
+    reference_heads: int
+    stem: StemGeometry
+    fixed: _PartFile
+    attention: _PartFile
+    heads: _PartFile
+    mlp: _PartFile
+    token_step: _PartFile
 
 
 @dataclass
@@ -176,16 +202,32 @@ class LatencyTable:
                 **{name: self.part(name).to_dict() for name in PART_AXES}}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LatencyTable":
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r} is not the supported {SCHEMA_VERSION}")
-        table = cls(TableMetadata(**data["metadata"]), int(data["reference_heads"]),
-                    StemGeometry(**data["stem"]),
-                    **{name: PartTable.from_dict(data[name], name) for name in PART_AXES})
-        if table.reference_heads not in table.heads.axes["heads"]:
-            raise ValueError(f"reference_heads {table.reference_heads} is not on the heads axis")
+    def from_dict(cls, data: Any, where: str = "latency table") -> "LatencyTable":
+        """Validate decoded JSON (or JSON text) into a table; any problem raises ``VitDeployError``."""
+        hint = "; rebuild it with `vitdeploy lut build`"
+        file = parse(_TableFile, data, f"{where}: not a valid latency table")
+        try:
+            if file.schema_version != SCHEMA_VERSION:
+                raise ValueError(f"schema_version {file.schema_version!r} is not the supported {SCHEMA_VERSION}")
+            _check_ranges(file)
+            table = cls(file.metadata, file.reference_heads, file.stem,
+                        **{name: PartTable.from_dict(asdict(getattr(file, name)), name) for name in PART_AXES})
+            if table.reference_heads not in table.heads.axes["heads"]:
+                raise ValueError(f"reference_heads {table.reference_heads} is not on the heads axis")
+        except ValueError as exc:
+            raise VitDeployError(f"{where}: not a valid latency table ({exc}){hint}") from None
         return table
+
+
+def _check_ranges(file: _TableFile) -> None:
+    """Counts that must be positive: the batch, threads, reference heads and the stem's geometry."""
+    stem = file.stem
+    counts = {"metadata.batch": file.metadata.batch, "metadata.threads": file.metadata.threads or 1,
+              "reference_heads": file.reference_heads, "stem.img_size": stem.img_size,
+              "stem.patch_size": stem.patch_size, "stem.in_chans": stem.in_chans, "stem.num_classes": stem.num_classes}
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -253,18 +295,12 @@ def load_table(path: str | Path) -> LatencyTable:
     """Read and validate a table; any problem with the file raises ``VitDeployError``."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("the top level is not a JSON object")
-        return LatencyTable.from_dict(data)
+        text = path.read_bytes()
     except FileNotFoundError:
         raise VitDeployError(f"{path}: no such latency table; build one with `vitdeploy lut build`") from None
-    except json.JSONDecodeError as exc:
-        raise VitDeployError(f"{path}: not valid JSON ({exc}); rebuild it with `vitdeploy lut build`") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise VitDeployError(f"{path}: not a valid latency table ({detail}); rebuild it with "
-                             "`vitdeploy lut build`") from None
+    except OSError as exc:
+        raise VitDeployError(f"{path}: cannot read the latency table ({exc.strerror})") from None
+    return LatencyTable.from_dict(text, str(path))
 
 
 def save_table(table: LatencyTable, path: str | Path) -> None:

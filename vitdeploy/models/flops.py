@@ -3,8 +3,8 @@
 Per block with N tokens entering, embed dim D, H heads, per-head dims qk and v, MLP width M:
     qkv  = N·D·H·(2·qk + v)        attention = H·N²·(qk + v)
     proj = N·H·v·D                 mlp       = 2·N·D·M
-plus, for a block that drops tokens by score, the class-attention row H·N·qk (or the SPViT
-selector's Linear layers on the patch tokens). Patch embedding
+plus, for a block that drops tokens by score, what its selector's scoring costs (the
+class-attention row H·N·qk, or the SPViT selector's Linear layers on the patch tokens). Patch embedding
 costs N_patches·C·p²·D and each classifier head D·classes. Norms, softmax and GELU are not
 counted, the usual convention (fvcore, the NViT and SPViT papers).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vitdeploy.models.spec import BlockSpec, ViTSpec
-from vitdeploy.tokens.spvit import SPViTSelector
+from vitdeploy.tokens.selectors import get_selector
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,10 @@ def block_macs(spec: ViTSpec, tokens_entering: list[int] | None = None) -> list[
 
 
 def _token_score_macs(spec: ViTSpec, block: BlockSpec, n: int, patches: int) -> int:
-    """Scoring the patch tokens of a step: the class-attention row, or an SPViT selector."""
-    step = block.tokens
-    if not step.scored:
+    """Scoring the patch tokens of a step (the selector says how: class-attention row, SPViT, ...)."""
+    if not block.tokens.active:
         return 0
-    if step.selector == "spvit":
-        return patches * SPViTSelector.macs_per_token(spec.embed_dim, step.selector_heads or block.heads)
-    return block.heads * n * block.qk_dim
+    return get_selector(block.tokens.selector).score_macs(spec, block, n, patches)
 
 
 def patch_embed_macs(spec: ViTSpec) -> int:

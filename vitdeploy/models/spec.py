@@ -14,27 +14,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import parse, schema
+from vitdeploy.tokens.selectors import STEP_FIELDS, get_selector, selector_names
 
-SELECTORS = ("none", "fixed", "cls_attn", "star", "spvit")
-"""How a block's surviving tokens are chosen: ``none`` keeps all, ``fixed`` keeps constant
-positions, ``cls_attn`` ranks patch tokens by the class token's attention, ``star`` by STAR's
-fusion of that attention with offline per-position scores, ``spvit`` by a learned SPViT
-selector inside the block (see ``vitdeploy.tokens``)."""
+NO_SELECTOR = "none"
+"""A block whose tokens all survive; every other selector name is registered in
+``vitdeploy.tokens.selectors`` (``fixed``, ``cls_attn``, ``star``, ``spvit``, ...)."""
 PACKAGE_MODES = ("concat", "add")
 """What a step's new package token does when earlier steps left one: sit beside it, or be added
 to the last one (SPViT's one-token variant)."""
 
 SPARSITY_PATTERNS = (None, "2:4")
+MAX_PARAMETERS = 4_000_000_000
+"""Twice ViT-G's size: a spec beyond it is a typo, refused before anything is allocated."""
 SELECTION_METHODS = ("topk", "rank")
 """How a scored token step is realised: TopK with a static k, or a sort-free rank selection."""
 
 
+@schema
 @dataclass
 class TokenStep:
     """What happens to the patch tokens after a block.
 
-    ``keep`` is the number of *patch* tokens that survive (class/distillation tokens and package
-    tokens are always kept and not counted). ``positions`` lists the surviving indices for the
+    ``selector`` names a registered token selector (``vitdeploy.tokens.selectors``). ``keep`` is
+    the number of *patch* tokens that survive (class/distillation tokens and package tokens are
+    always kept and not counted). ``positions`` lists the surviving indices for the
     ``fixed`` selector, relative to the patch tokens entering the step. ``package`` folds the
     dropped tokens into one score-weighted package token (SPViT); ``package_mode`` says whether
     it joins earlier package tokens (``concat``) or is added to the last of them (``add``).
@@ -48,7 +52,7 @@ class TokenStep:
     """
 
     keep: int | None = None
-    selector: str = "none"
+    selector: str = NO_SELECTOR
     positions: list[int] | None = None
     package: bool = False
     package_mode: str = "concat"
@@ -65,13 +69,14 @@ class TokenStep:
     @property
     def scored(self) -> bool:
         """True when the step ranks tokens by a score (everything but constant positions)."""
-        return self.active and self.selector != "fixed"
+        return self.active and get_selector(self.selector).scored
 
     @property
     def adaptive(self) -> bool:
         return self.adaptive_rate is not None
 
 
+@schema
 @dataclass
 class BlockSpec:
     """One transformer block. ``qk_dim`` and ``v_dim`` are per head."""
@@ -89,6 +94,7 @@ class BlockSpec:
         return self.attn_scale if self.attn_scale is not None else self.qk_dim**-0.5
 
 
+@schema
 @dataclass
 class ViTSpec:
     img_size: int
@@ -155,7 +161,14 @@ class ViTSpec:
     @property
     def tracks_patch_positions(self) -> bool:
         """True when a step needs each token's original patch position (STAR's offline scores)."""
-        return any(b.tokens.selector == "star" for b in self.blocks)
+        return any(b.tokens.active and get_selector(b.tokens.selector).tracks_positions for b in self.blocks)
+
+    def parameter_count(self) -> int:
+        """Weights and biases of the Linear/Conv layers (norms, tokens and selectors left out)."""
+        d = self.embed_dim
+        blocks = sum(d * b.heads * (2 * b.qk_dim + b.v_dim) + b.heads * b.v_dim * d + 2 * d * b.mlp_dim
+                     for b in self.blocks)
+        return self.in_chans * self.patch_size**2 * d + blocks + d * self.num_classes
 
     def validate(self) -> "ViTSpec":
         """Raise ``VitDeployError`` on any inconsistency; return self for chaining."""
@@ -174,12 +187,11 @@ class ViTSpec:
         _require(_is_count(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_classes),
                  "img_size, patch_size, in_chans, embed_dim and num_classes must be whole numbers")
         entering = self.patch_tokens_entering()
+        _require(self.parameter_count() <= MAX_PARAMETERS,
+                 f"the spec describes {self.parameter_count():.3g} parameters, more than the {MAX_PARAMETERS:.0e} "
+                 "vitdeploy allows: check its dims")
         for index, (block, n_in) in enumerate(zip(self.blocks, entering), start=1):
-            _validate_block(block, index, n_in, self.num_patches)
-            heads = block.tokens.selector_heads or block.heads
-            _require(block.tokens.selector != "spvit" or self.embed_dim % heads == 0,
-                     f"block {index}: the SPViT selector splits embed_dim {self.embed_dim} into {heads} heads, "
-                     "which must divide it")
+            _validate_block(self, block, index, n_in)
         _require(not self.blocks[-1].tokens.active,
                  f"block {self.depth} is the last block: the head reads only the class token, so dropping "
                  "tokens after it changes nothing")
@@ -192,23 +204,12 @@ class ViTSpec:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ViTSpec":
-        try:
-            fields = dict(data)
-            fields["blocks"] = [_block_from_dict(b) for b in fields["blocks"]]
-            fields["mean"] = tuple(fields.get("mean", cls.mean))
-            fields["std"] = tuple(fields.get("std", cls.std))
-            return cls(**fields).validate()
-        except (KeyError, TypeError) as exc:
-            raise VitDeployError(f"invalid model spec: {exc}") from None
+    def from_dict(cls, data: dict[str, Any], where: str = "model spec") -> "ViTSpec":
+        return parse(cls, data, where)
 
     @classmethod
-    def from_json(cls, text: str) -> "ViTSpec":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VitDeployError(f"model spec is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+    def from_json(cls, text: str | bytes, where: str = "model spec") -> "ViTSpec":
+        return parse(cls, text, where)
 
     def static_counterpart(self) -> "ViTSpec":
         """The spec with every a-STAR step made static: STAR keeping its upper-bound count."""
@@ -231,6 +232,12 @@ class ViTSpec:
         return spec.validate()
 
 
+def phase_blocks(depth: int) -> list[int]:
+    """0-based blocks after ¼, ½ and ¾ of the depth (3, 6, 9 of 12), where token-pruning phases
+    end by default (EViT's and SPViT's placement, moved to block ends)."""
+    return sorted({min(depth - 2, max(0, round(i * depth / 4) - 1)) for i in (1, 2, 3)})
+
+
 def uniform_blocks(depth: int, embed_dim: int, heads: int, mlp_ratio: float = 4.0) -> list[BlockSpec]:
     """The blocks of an unpruned ViT: every block identical, head dim = embed_dim / heads."""
     if embed_dim % heads:
@@ -241,61 +248,29 @@ def uniform_blocks(depth: int, embed_dim: int, heads: int, mlp_ratio: float = 4.
             for _ in range(depth)]
 
 
-def _validate_block(block: BlockSpec, index: int, n_in: int, num_patches: int) -> None:
+def _validate_block(spec: ViTSpec, block: BlockSpec, index: int, n_in: int) -> None:
     dims = (block.heads, block.qk_dim, block.v_dim, block.mlp_dim)
     _require(_is_count(*dims) and min(dims) > 0,
              f"block {index}: heads, qk_dim, v_dim and mlp_dim must be positive whole numbers")
     step = block.tokens
-    _require(step.selector in SELECTORS,
-             f"block {index}: unknown token selector {step.selector!r}; choose one of {SELECTORS}")
     if not step.active:
-        _require(step.selector == "none" and not step.package and step.positions is None
-                 and step.package_mode == "concat",
+        _require(step.selector == NO_SELECTOR and not step.package and step.package_mode == "concat"
+                 and all(getattr(step, name) is None for name in STEP_FIELDS),
                  f"block {index}: a token selector or package token needs a keep count")
         return
-    _require(step.selector != "none", f"block {index}: keep={step.keep} needs a token selector")
+    _require(step.selector != NO_SELECTOR, f"block {index}: keep={step.keep} needs a token selector")
+    selector = get_selector(step.selector)
     _require(_is_count(step.keep) and 1 <= step.keep < n_in,
              f"block {index}: keep={step.keep} must be a whole number in 1..{n_in - 1} (fewer than the "
              f"{n_in} patch tokens entering it)")
-    if step.selector == "fixed":
-        positions = step.positions or []
-        _require(len(positions) == step.keep,
-                 f"block {index}: fixed selector lists {len(positions)} positions but keep={step.keep}")
-        _require(len(set(positions)) == len(positions) and all(0 <= p < n_in for p in positions),
-                 f"block {index}: fixed positions must be distinct indices in 0..{n_in - 1}")
-        _require(not step.package, f"block {index}: a fixed selector has no scores for a package token")
-    else:
-        _require(step.positions is None, f"block {index}: only the fixed selector takes positions")
+    for name in STEP_FIELDS:
+        if name not in selector.fields and getattr(step, name) is not None:
+            owners = [s for s in selector_names() if name in get_selector(s).fields]
+            _require(False, f"block {index}: fields like {name} belong to the {' / '.join(owners)} selector, "
+                          f"not {step.selector}")
     _require(step.package_mode in PACKAGE_MODES,
              f"block {index}: package_mode must be one of {PACKAGE_MODES}, got {step.package_mode!r}")
-    _validate_star_fields(step, index, num_patches)
-    _require(step.selector_heads is None or (step.selector == "spvit" and _is_count(step.selector_heads)
-                                             and step.selector_heads > 0),
-             f"block {index}: selector_heads is a positive count, for the spvit selector only")
-
-
-def _validate_star_fields(step: TokenStep, index: int, num_patches: int) -> None:
-    star_fields = (step.alpha, step.inter_scores, step.adaptive_rate)
-    if step.selector != "star":
-        _require(all(f is None for f in star_fields),
-                 f"block {index}: alpha, inter_scores and adaptive_rate belong to the star selector")
-        return
-    _require(isinstance(step.alpha, (int, float)) and 0 <= step.alpha <= 1,
-             f"block {index}: the star selector needs alpha in [0, 1]")
-    scores = step.inter_scores or []
-    _require(len(scores) == num_patches and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-                                                for v in scores),
-             f"block {index}: the star selector needs {num_patches} positive inter_scores, one per patch position")
-    if step.adaptive:
-        _require(isinstance(step.adaptive_rate, (int, float)) and 0 < step.adaptive_rate <= 1,
-                 f"block {index}: adaptive_rate must be in (0, 1]")
-        _require(not step.package, f"block {index}: an adaptive (a-STAR) step cannot add a package token")
-
-
-def _block_from_dict(data: dict[str, Any]) -> BlockSpec:
-    fields = dict(data)
-    fields["tokens"] = TokenStep(**fields.get("tokens", {}))
-    return BlockSpec(**fields)
+    selector.validate(step, index, n_in, spec, block)
 
 
 def _require(condition: bool, message: str) -> None:

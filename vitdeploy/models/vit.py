@@ -16,7 +16,7 @@ from torch import nn
 
 from vitdeploy.models.spec import SELECTION_METHODS, BlockSpec, ViTSpec
 from vitdeploy.tokens import select
-from vitdeploy.tokens.spvit import SPViTSelector
+from vitdeploy.tokens.selectors import get_selector
 
 
 class PatchEmbed(nn.Module):
@@ -37,17 +37,27 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, want_cls_scores: bool = False,
                 alive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the attention output and, if asked, the class token's attention to every token.
+        """Fused attention (SDPA) and, if asked, the class token's attention to every token.
 
         ``alive`` (B, N) of 0/1 masks dead tokens out as keys (a-STAR's input-dependent drops).
         """
-        batch, n, _ = x.shape
         q, k, v = self.project_qkv(x)
         key_mask = None if alive is None else alive.bool()[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scale)
-        out = self.proj(out.transpose(1, 2).reshape(batch, n, self.heads * self.v_dim))
         cls_scores = select.cls_attention(q[:, :, :1], k, self.scale, key_mask) if want_cls_scores else None
-        return out, cls_scores
+        return self._merge_heads(out), cls_scores
+
+    def explicit(self, x: torch.Tensor, normalise=lambda logits: torch.softmax(logits, dim=-1)
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention with its probabilities (B, H, N, N) materialised: for calibration, which reads
+        them, and for training with soft token masks, which ``normalise`` applies to the logits."""
+        q, k, v = self.project_qkv(x)
+        probs = normalise((q @ k.transpose(-2, -1)) * self.scale)
+        return self._merge_heads(probs @ v), probs
+
+    def _merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        batch, _, n, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(batch, n, self.heads * self.v_dim))
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-head queries, keys and values, each (B, H, N, d)."""
@@ -88,19 +98,24 @@ class Block(nn.Module):
         self.step = block.tokens
         self.num_prefix = spec.num_prefix_tokens
         self.patch_tokens_in = patch_tokens_in
-        if self.step.selector == "fixed":
-            self.register_buffer("keep_positions", torch.tensor(self.step.positions), persistent=False)
-        if self.step.selector == "star":
-            prior = torch.tensor(self.step.inter_scores, dtype=torch.float32) ** (1.0 - self.step.alpha)
-            self.register_buffer("inter_prior", prior, persistent=False)
-        self.selector = (SPViTSelector(dim, self.step.selector_heads or block.heads)
-                         if self.step.selector == "spvit" else None)
+        self.selector = None
+        """The step's learned module, for selectors that have one (SPViT)."""
+        self.token_selector = get_selector(self.step.selector) if self.step.active else None
+        if self.token_selector is not None:
+            self.token_selector.attach(self, self.step, block, spec)
+
+    def residual(self, x: torch.Tensor, attend) -> tuple[torch.Tensor, object]:
+        """The block's residual structure around any attention: ``attend(norm1(x))`` returns
+        (output, extra); the MLP follows. Returns (tokens, extra). Every mode uses it: fused
+        (``forward``), masked keys (``forward_adaptive``), explicit probabilities (calibration)
+        and soft masks (SPViT training)."""
+        attn_out, extra = attend(self.norm1(x))
+        x = x + attn_out
+        return x + self.mlp(self.norm2(x)), extra
 
     def forward(self, x: torch.Tensor, selection: str = "topk",
                 positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=self.needs_cls_scores)
-        x = x + attn_out
-        x = x + self.mlp(self.norm2(x))
+        x, cls_scores = self.residual(x, lambda h: self.attn(h, want_cls_scores=self.needs_cls_scores))
         if not self.step.active:
             return x, positions
         return self._drop_tokens(x, cls_scores, selection, positions)
@@ -109,9 +124,8 @@ class Block(nn.Module):
                          positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on all tokens with dead ones masked out of attention (a-STAR, PyTorch only);
         returns the new ``alive`` mask over every token (prefix tokens always live)."""
-        attn_out, cls_scores = self.attn(self.norm1(x), want_cls_scores=self.needs_cls_scores, alive=alive)
-        x = x + attn_out
-        x = x + self.mlp(self.norm2(x))
+        x, cls_scores = self.residual(
+            x, lambda h: self.attn(h, want_cls_scores=self.needs_cls_scores, alive=alive))
         if not self.step.active:
             return x, alive
         patch = slice(self.num_prefix, None)
@@ -121,31 +135,25 @@ class Block(nn.Module):
 
     @property
     def needs_cls_scores(self) -> bool:
-        return self.step.active and self.step.selector in ("cls_attn", "star")
+        return self.token_selector is not None and self.token_selector.needs_cls_attention
 
     def _patch_scores(self, cls_scores: torch.Tensor | None, positions: torch.Tensor | None,
                       patches: torch.Tensor) -> torch.Tensor:
-        if self.step.selector == "spvit":
-            return self.selector.keep_logit(patches)
-        if self.step.selector == "star":
-            return select.star_scores(cls_scores, self.inter_prior, positions, self.step.alpha)
-        return cls_scores
+        return self.token_selector.scores(self, cls_scores, positions, patches)
 
     def _drop_tokens(self, x: torch.Tensor, cls_scores: torch.Tensor | None, selection: str,
                      positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         prefix_end = self.num_prefix
         patch_end = prefix_end + self.patch_tokens_in
         prefix, patches, packages = x[:, :prefix_end], x[:, prefix_end:patch_end], x[:, patch_end:]
-        if self.step.selector == "fixed":
-            kept = select.gather_fixed(patches, self.keep_positions)
-            if positions is not None:
-                positions = positions.index_select(1, self.keep_positions)
+        if not self.token_selector.scored:
+            kept, positions = self.token_selector.gather(self, patches, positions)
             return torch.cat([prefix, kept, packages], dim=1), positions
         patch_cls_scores = None if cls_scores is None else cls_scores[:, prefix_end:patch_end]
         scores = self._patch_scores(patch_cls_scores, positions, patches)
         take, keep_mask = select.token_selection(scores, self.step.keep, selection)
         if self.step.package:
-            weights = scores.sigmoid() if self.step.selector == "spvit" else scores  # SPViT ranks by logit(T)
+            weights = self.token_selector.package_weights(scores)
             packages = self._with_package(packages, select.package_token(patches, weights, keep_mask))
         parts = [prefix, take(patches), packages]
         if positions is not None:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.evaluate import dataset_for
-from vitdeploy.models.vit import Block, ViT
+from vitdeploy.data import dataset_for
+from vitdeploy.models.vit import ViT
 
 
 @dataclass
@@ -60,22 +60,13 @@ def trace(model: ViT, images: torch.Tensor, requires_grad: bool = False) -> Trac
         x = model.embed(images)
         for block in model.blocks:
             inputs.append(x)
-            x, probs = _explicit_block(block, x)
+            x, probs = block.residual(x, block.attn.explicit)
             if requires_grad:
                 probs.retain_grad()
             attention.append(probs)
         features = model.norm(x)
         logits = model.classify(features)
     return Trace(inputs, attention, x, features, logits)
-
-
-def _explicit_block(block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    attn = block.attn
-    q, k, v = attn.project_qkv(block.norm1(x))
-    probs = torch.softmax((q @ k.transpose(-2, -1)) * attn.scale, dim=-1)
-    out = (probs @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], attn.heads * attn.v_dim)
-    x = x + attn.proj(out)
-    return x + block.mlp(block.norm2(x)), probs
 
 
 def run_blocks(model: ViT, x: torch.Tensor, start: int, keep: dict[int, torch.Tensor]) -> torch.Tensor:

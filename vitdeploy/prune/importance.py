@@ -1,16 +1,8 @@
 """Importance of the prunable structural groups of a ViT (NViT, Yang et al.).
 
-A *dim* is one prunable dimension of the network, named like the keys ``group_sums`` returns:
-
-- ``emb``: the embedding channels, shared by the patch embedding, class/distillation tokens,
-  position embedding, every norm, every block's input/output projections and the head(s);
-- ``blocks.{i}.heads``: the heads of block i;
-- ``blocks.{i}.qk``: the per-head query/key dims of block i (one index prunes it in every head);
-- ``blocks.{i}.v``: the per-head value dims of block i (likewise), with the matching ``proj`` inputs;
-- ``blocks.{i}.mlp``: the hidden neurons of block i's MLP.
-
-Each index of a dim is a *group* S: every weight that pruning it removes. The criteria score a
-group from a per-weight quantity summed over S:
+The dims are those of the structure map (``vitdeploy.models.groups``). Each index of a dim is a
+*group* S: every weight that pruning it removes. The criteria score a group from a per-weight
+quantity summed over S:
 
 - ``hessian``: I_S = (Σ_{s∈S} ∂L/∂w_s · w_s)², which is (∂L/∂g_S)² for a gate g_S = 1 that
   multiplies every weight of S (the paper's Eq. 6), computed per calibration batch and averaged;
@@ -26,49 +18,21 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from vitdeploy.models.groups import structure_map
 from vitdeploy.models.vit import ViT
 from vitdeploy.prune.nvit_config import CRITERIA
 
-BLOCK_DIMS = ("heads", "qk", "v", "mlp")
 LossFn = Callable[[ViT, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def dim_key(block: int, kind: str) -> str:
-    """The name of a block's dim, e.g. ``blocks.2.mlp``."""
-    return f"blocks.{block}.{kind}"
 
 
 def group_sums(model: ViT, per_weight: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sum a per-weight quantity (shaped like each parameter) over every group of every dim.
 
     ``per_weight`` maps parameter names (as in ``model.named_parameters()``) to tensors of the
-    parameter's shape. Returns one 1-D tensor per dim (keys as in the module docstring).
+    parameter's shape. Returns one 1-D tensor per dim, keyed as in ``groups.all_dims``.
     """
-    spec, t = model.spec, per_weight
-    emb = (t["patch_embed.proj.weight"].flatten(1).sum(1) + t["patch_embed.proj.bias"]
-           + _channel_sum(t["cls_token"]) + _channel_sum(t["pos_embed"])
-           + t["norm.weight"] + t["norm.bias"] + t["head.weight"].sum(0))
-    if spec.distilled:
-        emb = emb + _channel_sum(t["dist_token"]) + t["head_dist.weight"].sum(0)
-    sums: dict[str, torch.Tensor] = {}
-    for i, block in enumerate(spec.blocks):
-        p = f"blocks.{i}."
-        emb = emb + sum(t[p + name] for name in ("norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
-                                                 "attn.proj.bias", "mlp.fc2.bias"))
-        emb = emb + (t[p + "attn.qkv.weight"].sum(0) + t[p + "attn.proj.weight"].sum(1)
-                     + t[p + "mlp.fc1.weight"].sum(0) + t[p + "mlp.fc2.weight"].sum(1))
-        rows = t[p + "attn.qkv.weight"].sum(1)
-        if spec.qkv_bias:
-            rows = rows + t[p + "attn.qkv.bias"]
-        h, qk, v = block.heads, block.qk_dim, block.v_dim
-        q_rows, k_rows, v_rows = (r.reshape(h, -1) for r in rows.split([h * qk, h * qk, h * v]))
-        proj_cols = t[p + "attn.proj.weight"].sum(0).reshape(h, v)
-        sums[dim_key(i, "heads")] = q_rows.sum(1) + k_rows.sum(1) + v_rows.sum(1) + proj_cols.sum(1)
-        sums[dim_key(i, "qk")] = q_rows.sum(0) + k_rows.sum(0)
-        sums[dim_key(i, "v")] = v_rows.sum(0) + proj_cols.sum(0)
-        sums[dim_key(i, "mlp")] = (t[p + "mlp.fc1.weight"].sum(1) + t[p + "mlp.fc1.bias"]
-                                   + t[p + "mlp.fc2.weight"].sum(0))
-    return {"emb": emb, **sums}
+    return {dim: sum(_along(per_weight[s.param], s.axis)[s.positions].sum(1) for s in slices)
+            for dim, slices in structure_map(model.spec).items()}
 
 
 @torch.no_grad()
@@ -111,6 +75,6 @@ def group_importance(criterion: str, model: ViT, calibration: Iterable[tuple[tor
     raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
 
 
-def _channel_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a (1, T, D) token parameter over everything but its channel axis."""
-    return tensor.reshape(-1, tensor.shape[-1]).sum(0)
+def _along(tensor: torch.Tensor, axis: int) -> torch.Tensor:
+    """Sum ``tensor`` over every axis but ``axis``."""
+    return tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1).sum(1)

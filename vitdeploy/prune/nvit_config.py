@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import schema
 from vitdeploy.train.config import TrainConfig
 
 CRITERIA = ("hessian", "magnitude")
 """Global importance criteria: Hessian-aware (Σ ∂L/∂w·w)² per group, or the group's weight norm."""
 
 
+@schema
 @dataclass
 class NViTConfig:
     """NViT settings; the defaults suit the Fashion-MNIST reference model on a CPU."""

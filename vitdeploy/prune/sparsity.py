@@ -3,7 +3,8 @@
 In every group of 4 consecutive weights along a Linear's *input* dim, the 2 of largest
 magnitude stay and the other 2 become exact zeros (NVIDIA's ASP recipe). Sparse tensor cores
 need the input and output dims of each such Linear to be multiples of 16; NViT with
-``round_to=16`` guarantees that. The spec records ``sparsity="2:4"`` so builders ask for sparse
+``round_to=16`` guarantees that. The pattern's constants and check live in
+``vitdeploy.models.sparse24``. The spec records ``sparsity="2:4"`` so builders ask for sparse
 kernels. The verifier checks the pattern on any state dict, or on the MatMul/Gemm weights of an
 exported ONNX model (to prove the export kept the zeros).
 """
@@ -23,15 +24,11 @@ from onnx import numpy_helper
 from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import evaluate
 from vitdeploy.export.rewrite import load_onnx
+from vitdeploy.models.groups import block_linear_weights
+from vitdeploy.models.sparse24 import DIM_MULTIPLE, GROUP, KEPT, PATTERN, fits_24_kernels, nonzeros_per_group
 from vitdeploy.models.vit import ViT
 from vitdeploy.train.config import TrainConfig
 from vitdeploy.train.loop import fine_tune
-
-PATTERN = "2:4"
-GROUP, KEPT = 4, 2
-DIM_MULTIPLE = 16
-BLOCK_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-
 
 def mask_24(weight: torch.Tensor) -> torch.Tensor:
     """Bool mask keeping the 2 largest-magnitude weights of every 4 consecutive along the last (input) dim."""
@@ -44,20 +41,21 @@ def mask_24(weight: torch.Tensor) -> torch.Tensor:
 
 
 def sparse_weight_names(model: ViT) -> list[str]:
-    """The weights 2:4 applies to: every Linear inside the transformer blocks."""
-    return [f"blocks.{i}.{layer}.weight" for i in range(model.spec.depth) for layer in BLOCK_LINEARS]
+    """The weights 2:4 applies to: every Linear inside the transformer blocks (in parameter order)."""
+    linears = block_linear_weights(model.spec)
+    return [name for name, _ in model.named_parameters() if name in linears]
 
 
 def require_24_dims(model: ViT) -> None:
     """Raise ``VitDeployError`` unless every block Linear has in/out dims divisible by 16."""
     params = dict(model.named_parameters())
     wrong = [f"{name} ({params[name].shape[0]}×{params[name].shape[1]})" for name in sparse_weight_names(model)
-             if any(d % DIM_MULTIPLE for d in params[name].shape)]
+             if not fits_24_kernels(params[name].shape)]
     if wrong:
         raise VitDeployError(
             f"2:4 sparsity needs the input and output dims of every block Linear divisible by {DIM_MULTIPLE}, "
-            f"but {len(wrong)} are not (e.g. {', '.join(wrong[:3])}): prune with `--method nvit --round-to "
-            f"{DIM_MULTIPLE}` first")
+            f"but {len(wrong)} are not (e.g. {', '.join(wrong[:3])}): prune with `vitdeploy prune nvit "
+            f"MODEL --round-to {DIM_MULTIPLE}` first")
 
 
 def sparsify_24(model: ViT) -> tuple[ViT, dict]:
@@ -161,7 +159,7 @@ def verify_24_onnx(path: str | Path) -> dict:
 
 def _pattern_check(array: np.ndarray) -> dict:
     """Counts for a 2-D array whose last axis is the input dim."""
-    nonzero = (array.reshape(array.shape[0], -1, GROUP) != 0).sum(-1)
+    nonzero = nonzeros_per_group(array)
     return {"shape": list(array.shape), "groups": int(nonzero.size),
             "violating_groups": int((nonzero > KEPT).sum()), "zero_fraction": float((array == 0).mean())}
 

@@ -40,6 +40,7 @@ implemented: the budget is in FLOPs only.)
 Each epoch ends with an evaluation of the *static* model (top-k + package); the best epoch is
 kept and returned. After every epoch the run is checkpointed atomically to the output directory
 (model, optimizer, RNG, history, best model), so an interrupted run resumes where it stopped.
+The optimizer, schedule, epoch loop and checkpoints are the shared ``vitdeploy.train.trainer``.
 
 **Deviation: no layer-to-phase progressive training.** The paper inserts a selector after every
 block, one at a time from the last block down, raising each one's pruning rate until accuracy
@@ -54,23 +55,18 @@ from __future__ import annotations
 import copy
 import json
 import math
-import pickle
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
-from tqdm import tqdm
 
-from vitdeploy.data import batches, random_crop_flip
-from vitdeploy.errors import VitDeployError
+from vitdeploy.data import batches
 from vitdeploy.evaluate import EVAL_BATCH, evaluate
-from vitdeploy.io import atomic_path
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import TokenStep, ViTSpec
@@ -78,11 +74,22 @@ from vitdeploy.models.vit import Block, ViT
 from vitdeploy.prune.calibrate import require_dense_tokens
 from vitdeploy.prune.spvit_config import SPViTConfig
 from vitdeploy.prune.token_methods import plan_summary, solve_for_flops
+from vitdeploy.threads import torch_threads
 from vitdeploy.tokens.spvit import SPViTSelector
-from vitdeploy.train.loop import distillation_loss, param_groups
+from vitdeploy.train.loop import distillation_loss
+from vitdeploy.train.trainer import (
+    Checkpoint,
+    EpochPlan,
+    EpochResult,
+    RunState,
+    Schedule,
+    StepLoss,
+    Trainer,
+    param_groups,
+    run_epochs,
+)
 
 CHECKPOINT_FILE, BEST_DIR = "checkpoint.pt", "best"
-CHECKPOINT_FORMAT = 1
 MASK_EPS = 1e-6
 PACKAGE_FLOOR = 1e-2
 PROB_FLOOR = 1e-8
@@ -196,12 +203,7 @@ def soft_package(patches: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def masked_block(block: Block, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
     """``block`` (without its token step) on all tokens, keys weighted by ``policy`` (B, N)."""
-    attn = block.attn
-    q, k, v = attn.project_qkv(block.norm1(x))
-    probs = masked_softmax((q @ k.transpose(-2, -1)) * attn.scale, policy)
-    out = (probs @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], attn.heads * attn.v_dim)
-    x = x + attn.proj(out)
-    return x + block.mlp(block.norm2(x))
+    return block.residual(x, lambda h: block.attn.explicit(h, lambda logits: masked_softmax(logits, policy)))[0]
 
 
 def masked_softmax(logits: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
@@ -314,73 +316,63 @@ def prune_spvit(model: ViT, config: SPViTConfig, train_data, eval_data, out_dir:
     """
     config.validate(model.spec.depth)
     require_dense_tokens(model)
-    torch.set_num_threads(config.threads)
+    with torch_threads(config.threads):
+        return _prune_spvit(model, config, train_data, eval_data, Path(out_dir), progress)
+
+
+def _prune_spvit(model: ViT, config: SPViTConfig, train_data, eval_data, out_dir: Path,
+                 progress: bool) -> tuple[ViT, dict]:
     spec, targets = static_plan(model.spec, config)
     student = student_from(model, spec, config.seed)
-    teacher = _frozen(model)
     train_data = _first(train_data, config.limit)
-    out_dir = Path(out_dir)
-    run = _Run(student, _optimizer(student, config), torch.Generator().manual_seed(config.seed))
-    resumed_from = _resume(run, out_dir, config, spec) if config.resume else 0
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
+    schedule = Schedule(config.epochs * math.ceil(len(train_data) / config.batch_size))
+    trainer = Trainer(student, _param_groups(student, config), schedule, config.seed, config.crop_padding)
+    checkpoint = Checkpoint(out_dir / CHECKPOINT_FILE, _identity(config, spec), "SPViT")
+    state = checkpoint.resume(trainer) if config.resume else RunState()
+    resumed_from = state.epochs_done
+
+    def finish(epoch: EpochResult) -> dict:
+        return {"epoch": epoch.epoch, "top1": evaluate(student, eval_data), **adaptive_evaluate(student, eval_data),
+                "train_loss": _mean_parts(epoch.steps), "seconds": round(time.perf_counter() - epoch.started, 1)}
+
+    def save_best(state: RunState) -> None:
+        summary = {"method": "spvit", "config": asdict(config), "best_epoch": state.best_epoch,
+                   "best_top1": state.best_score, **plan_summary(model.spec, spec)}
+        save_artifact(student, out_dir / BEST_DIR, reports={"prune.json": summary})
+
+    plan = EpochPlan(train_data, config.epochs, config.batch_size, config.seed, finish, desc="spvit epoch",
+                     best_key="top1", on_best=save_best, describe=_epoch_line(config),
+                     postfix=lambda r: {"loss": f"{r['loss']:.3f}", "keep": f"{r['keep_last']:.2f}"})
     started = time.perf_counter()
-    for epoch in range(run.epochs_done, config.epochs):
-        epoch_started = time.perf_counter()
-        bar = tqdm(batches(train_data, config.batch_size, shuffle=True, seed=config.seed + epoch),
-                   total=steps_per_epoch, desc=f"spvit epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        losses = []
-        for i, (x, y) in enumerate(bar):
-            losses.append(_train_step(run, teacher, x, y, targets, config, epoch * steps_per_epoch + i, total_steps))
-            bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}", keep=f"{losses[-1]['keep_last']:.2f}")
-        record = {"epoch": epoch + 1, "top1": evaluate(student, eval_data), **adaptive_evaluate(student, eval_data),
-                  "train_loss": _mean_parts(losses), "seconds": round(time.perf_counter() - epoch_started, 1)}
-        _finish_epoch(run, record, out_dir, config, spec, model.spec)
-        if progress:
-            tqdm.write(f"spvit epoch {epoch + 1}/{config.epochs}: static top-1 {record['top1']:.4f}, "
-                       f"adaptive {record['adaptive_top1']:.4f}", file=sys.stderr)
-    student.load_state_dict(run.best_state)
+    run_epochs(trainer, plan, _step_loss(student, _frozen(model), targets, config, trainer.generator), state,
+               checkpoint, progress)
+    student.load_state_dict(state.best_state)
     student.eval()
-    report = _report(run, config, spec, model.spec, targets, resumed_from, time.perf_counter() - started)
+    report = _report(state, config, spec, model.spec, targets, resumed_from, time.perf_counter() - started)
     for phase, spread in zip(report["phases"], score_spreads(student, eval_data)):
         phase["score_spread"] = spread
     report["teacher_top1"] = evaluate(model, eval_data)
     return student, report
 
 
-@dataclass
-class _Run:
-    student: ViT
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator
-    epochs_done: int = 0
-    history: list = field(default_factory=list)
-    best_epoch: int | None = None
-    best_top1: float = -1.0
-    best_state: dict | None = None
-
-
-def _train_step(run: _Run, teacher: ViT, x: torch.Tensor, y: torch.Tensor, targets: list[float],
-                config: SPViTConfig, step: int, total_steps: int) -> dict:
-    run.student.train()
-    scale = 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    for group in run.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * scale
-    x = random_crop_flip(x, config.crop_padding, run.generator)
-    with torch.no_grad():
-        teacher_features = teacher.forward_features(x)
-        teacher_logits = teacher.classify(teacher_features)
+def _step_loss(student: ViT, teacher: ViT, targets: list[float], config: SPViTConfig,
+               generator: torch.Generator) -> StepLoss:
+    """SPViT's loss on an (augmented) batch, with the Gumbel decisions drawn from ``generator``."""
     prefix = teacher.spec.num_prefix_tokens
-    out = soft_forward(run.student, x, gumbel_decisions(config.gumbel_tau, run.generator))
-    loss, parts = spvit_loss(out, y, teacher_logits, teacher_features[:, prefix:], targets, config)
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
-    return {"loss": loss.item(), **parts, "keep_last": out.keep_fractions[-1].mean().item()}
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            teacher_features = teacher.forward_features(x)
+            teacher_logits = teacher.classify(teacher_features)
+        out = soft_forward(student, x, gumbel_decisions(config.gumbel_tau, generator))
+        total, parts = spvit_loss(out, y, teacher_logits, teacher_features[:, prefix:], targets, config)
+        return total, {**parts, "keep_last": out.keep_fractions[-1].mean().item()}
+
+    return loss
 
 
-def _optimizer(student: ViT, config: SPViTConfig) -> torch.optim.Optimizer:
-    """AdamW: the usual weight-decay groups, each split into selector and backbone parameters."""
+def _param_groups(student: ViT, config: SPViTConfig) -> list[dict]:
+    """The usual weight-decay groups, each split into selector and backbone parameters (own peak lrs)."""
     selector_params = {id(p) for block in student.blocks if block.selector is not None
                        for p in block.selector.parameters()}
     groups = []
@@ -388,55 +380,14 @@ def _optimizer(student: ViT, config: SPViTConfig) -> torch.optim.Optimizer:
         for is_selector, lr in ((True, config.lr_selector), (False, config.lr_backbone)):
             params = [p for p in group["params"] if (id(p) in selector_params) == is_selector]
             if params:
-                groups.append({"params": params, "weight_decay": group["weight_decay"], "lr": lr, "base_lr": lr,
+                groups.append({"params": params, "weight_decay": group["weight_decay"], "lr": lr,
                                "selector": is_selector})
-    return torch.optim.AdamW(groups)
+    return groups
 
 
-def _finish_epoch(run: _Run, record: dict, out_dir: Path, config: SPViTConfig, spec: ViTSpec,
-                  base: ViTSpec) -> None:
-    """Record the epoch, keep the model if it is the best so far, checkpoint (best model first)."""
-    run.history.append(record)
-    run.epochs_done = record["epoch"]
-    if record["top1"] > run.best_top1:
-        run.best_epoch, run.best_top1 = record["epoch"], record["top1"]
-        run.best_state = {k: v.detach().clone() for k, v in run.student.state_dict().items()}
-        summary = {"method": "spvit", "config": asdict(config), "best_epoch": run.best_epoch,
-                   "best_top1": run.best_top1, **plan_summary(base, spec)}
-        save_artifact(run.student, out_dir / BEST_DIR, reports={"prune.json": summary})
-    _save_checkpoint(run, out_dir / CHECKPOINT_FILE, config, spec)
-
-
-def _save_checkpoint(run: _Run, path: Path, config: SPViTConfig, spec: ViTSpec) -> None:
-    state = {
-        "format": CHECKPOINT_FORMAT, "identity": _identity(config, spec), "epochs_done": run.epochs_done,
-        "model": run.student.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "generator": run.generator.get_state(), "history": run.history, "best_epoch": run.best_epoch,
-        "best_top1": run.best_top1, "best_model": run.best_state,
-    }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
-
-
-def _resume(run: _Run, out_dir: Path, config: SPViTConfig, spec: ViTSpec) -> int:
-    """Load ``out_dir``'s checkpoint into ``run`` when there is one; return the epochs it had done."""
-    path = out_dir / CHECKPOINT_FILE
-    if not path.is_file():
-        return 0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise VitDeployError(f"{path}: not a readable SPViT checkpoint ({type(exc).__name__}); delete it or "
-                             "start without resuming") from None
-    if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != _identity(config, spec):
-        raise VitDeployError(f"{path} belongs to a different SPViT run (other settings, model or format); use a "
-                             "new output directory, or turn resuming off to start over there")
-    run.student.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.generator.set_state(state["generator"])
-    run.epochs_done, run.history = state["epochs_done"], state["history"]
-    run.best_epoch, run.best_top1, run.best_state = state["best_epoch"], state["best_top1"], state["best_model"]
-    return run.epochs_done
+def _epoch_line(config: SPViTConfig) -> Callable[[dict], str]:
+    return lambda r: (f"spvit epoch {r['epoch']}/{config.epochs}: static top-1 {r['top1']:.4f}, "
+                      f"adaptive {r['adaptive_top1']:.4f}")
 
 
 def _identity(config: SPViTConfig, spec: ViTSpec) -> dict:
@@ -444,17 +395,18 @@ def _identity(config: SPViTConfig, spec: ViTSpec) -> dict:
     return json.loads(json.dumps({"config": config.run_identity(), "spec": spec.to_dict()}))
 
 
-def _report(run: _Run, config: SPViTConfig, spec: ViTSpec, base: ViTSpec, targets: list[float],
+def _report(state: RunState, config: SPViTConfig, spec: ViTSpec, base: ViTSpec, targets: list[float],
             resumed_from: int, seconds: float) -> dict:
     blocks = config.selector_blocks(base.depth)
-    best = next(r for r in run.history if r["epoch"] == run.best_epoch)
+    best = next(r for r in state.history if r["epoch"] == state.best_epoch)
     return {
         "method": "spvit", "config": asdict(config), "selectors": [b + 1 for b in blocks],
         "keep_ratio_targets": targets,
         "phases": [{"after_block": b + 1, "keep": spec.blocks[b].tokens.keep, "rho": rho,
                     "adaptive_keep": kept} for b, rho, kept in zip(blocks, targets, best["adaptive_keep"])],
-        **plan_summary(base, spec), "history": run.history, "best_epoch": run.best_epoch, "top1": run.best_top1,
-        "resumed_from_epoch": resumed_from, "train_seconds": round(seconds, 1), "note": ADAPTIVE_NOTE,
+        **plan_summary(base, spec), "history": state.history, "best_epoch": state.best_epoch,
+        "top1": state.best_score, "resumed_from_epoch": resumed_from, "train_seconds": round(seconds, 1),
+        "note": ADAPTIVE_NOTE,
     }
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import schema
+from vitdeploy.models.spec import PACKAGE_MODES, phase_blocks
 
-PACKAGE_MODES = ("add", "concat")
 FLAT_SCORES = 1e-3
 """A selector whose ranking logits spread less than this across tokens (``spvit.score_spreads``)
 picks its top-k by rounding noise."""
@@ -15,6 +16,7 @@ RUN_IDENTITY_EXCLUDES = ("epochs", "threads", "resume")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
 
+@schema
 @dataclass
 class SPViTConfig:
     budget_flops: float = 0.6
@@ -55,6 +57,8 @@ class SPViTConfig:
     """Random shift in pixels during training (0 = off); horizontal flips are always on."""
     limit: int | None = None
     """Train on the first N images of the training data only (None = all)."""
+    val_size: int = 5000
+    """The last N images of the training data, held out to choose the best epoch."""
     seed: int = 0
     threads: int = 2
     resume: bool = True
@@ -80,6 +84,8 @@ class SPViTConfig:
             raise VitDeployError(f"--selector-heads must be at least 1, got {self.selector_heads}")
         if self.limit is not None and self.limit < 1:
             raise VitDeployError(f"--limit must be a positive number of images, got {self.limit}")
+        if self.val_size < 1:
+            raise VitDeployError(f"--val-size must be a positive number of images, got {self.val_size}")
         if self.crop_padding < 0:
             raise VitDeployError(f"--crop-padding must be at least 0, got {self.crop_padding}")
         if depth is not None:
@@ -89,7 +95,7 @@ class SPViTConfig:
     def selector_blocks(self, depth: int) -> list[int]:
         """0-based indices of the blocks that get a selector, in order."""
         if self.selectors is None:
-            return sorted({min(depth - 1, max(1, round(i * depth / 4))) - 1 for i in (1, 2, 3)})
+            return phase_blocks(depth)
         blocks = sorted(set(self.selectors))
         if not blocks or blocks[0] < 1 or blocks[-1] > depth - 1 or len(blocks) != len(self.selectors):
             raise VitDeployError(f"--selectors {','.join(map(str, self.selectors))}: give distinct blocks in "

@@ -1,9 +1,9 @@
 """NViT: global structural pruning of a ViT with latency-aware Hessian importance (Yang et al.).
 
-The prunable dims (see ``vitdeploy.prune.importance``) are the shared embedding channels and,
+The prunable dims (see ``vitdeploy.models.groups``) are the shared embedding channels and,
 per block, the heads, the per-head QK dims, the per-head V dims and the MLP neurons. The
-per-head dims are addressed through a head-major view of the fused ``qkv``/``proj`` weights that
-exists only while pruning: the result is an ordinary ``ViT`` whose blocks have their own dims.
+per-head dims are addressed through the structure map's head-major view of the fused
+``qkv``/``proj`` weights: the result is an ordinary ``ViT`` whose blocks have their own dims.
 
 One pruning step:
 
@@ -39,15 +39,16 @@ from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import evaluate
 from vitdeploy.lut.table import LatencyTable, StemGeometry, load_table, predict
 from vitdeploy.models.flops import total_macs
+from vitdeploy.models.groups import EMB, all_dims, dim_size, kept_masks, structure_map, with_dim_sizes
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
-from vitdeploy.prune.importance import BLOCK_DIMS, dim_key, group_importance
+from vitdeploy.prune.importance import group_importance
 from vitdeploy.prune.nvit_config import NViTConfig
+from vitdeploy.threads import torch_threads
 from vitdeploy.train.loop import fine_tune, training_loss
 
 CostFn = Callable[[ViTSpec], float]
 COMPACTION_TOLERANCE = 1e-5
-_SPEC_FIELDS = {"heads": "heads", "qk": "qk_dim", "v": "v_dim", "mlp": "mlp_dim"}
 
 
 # --- cost functions -------------------------------------------------------------------------------
@@ -86,24 +87,9 @@ class Removal:
                 "cost_share": self.cost_share, "score": self.score}
 
 
-def dim_size(spec: ViTSpec, dim: str) -> int:
-    """The current size of a dim (``emb`` or ``blocks.{i}.{kind}``)."""
-    if dim == "emb":
-        return spec.embed_dim
-    _, block, kind = dim.split(".")
-    return getattr(spec.blocks[int(block)], _SPEC_FIELDS[kind])
-
-
 def shrink(spec: ViTSpec, dim: str, count: int) -> ViTSpec:
     """A copy of ``spec`` with ``count`` fewer channels in ``dim`` (for cost estimates)."""
-    if dim == "emb":
-        return dataclasses.replace(spec, embed_dim=spec.embed_dim - count)
-    _, block, kind = dim.split(".")
-    blocks = list(spec.blocks)
-    old = blocks[int(block)]
-    field = _SPEC_FIELDS[kind]
-    blocks[int(block)] = dataclasses.replace(old, **{field: getattr(old, field) - count})
-    return dataclasses.replace(spec, blocks=blocks)
+    return with_dim_sizes(spec, {dim: dim_size(spec, dim) - count})
 
 
 def unit_size(dim: str, size: int, round_to: int) -> int | None:
@@ -123,10 +109,6 @@ def smallest_spec(spec: ViTSpec, round_to: int) -> ViTSpec:
         while (count := unit_size(dim, dim_size(spec, dim), round_to)) is not None:
             spec = shrink(spec, dim, count)
     return spec
-
-
-def all_dims(spec: ViTSpec) -> list[str]:
-    return ["emb"] + [dim_key(i, kind) for i in range(spec.depth) for kind in BLOCK_DIMS]
 
 
 def plan_removals(spec: ViTSpec, scores: Mapping[str, torch.Tensor], goal: float, measure: CostFn,
@@ -196,43 +178,15 @@ class MaskedLayerNorm(nn.Module):
 
 def kept_spec(spec: ViTSpec, keep: Mapping[str, torch.Tensor]) -> ViTSpec:
     """The spec of the compacted model: kept counts per dim, the original attention scales, dense."""
-    blocks = [
-        dataclasses.replace(block, attn_scale=block.scale,
-                            **{field: int(keep[dim_key(i, kind)].sum()) for kind, field in _SPEC_FIELDS.items()})
-        for i, block in enumerate(spec.blocks)
-    ]
-    return dataclasses.replace(spec, embed_dim=int(keep["emb"].sum()), blocks=blocks, sparsity=None).validate()
+    scaled = dataclasses.replace(spec, blocks=[dataclasses.replace(b, attn_scale=b.scale) for b in spec.blocks],
+                                 sparsity=None)
+    return with_dim_sizes(scaled, {dim: int(mask.sum()) for dim, mask in keep.items()}).validate()
 
 
 def kept_indices(spec: ViTSpec, keep: Mapping[str, torch.Tensor]) -> dict[str, dict[int, torch.Tensor]]:
-    """For every parameter: axis → the indices that survive (axes not listed survive whole).
-
-    This is where the head-major view of the fused ``qkv`` ([q | k | v], each head-major) and of
-    the ``proj`` inputs is resolved into rows and columns.
-    """
-    emb = _indices(keep["emb"])
-    selections = {
-        "patch_embed.proj.weight": {0: emb}, "patch_embed.proj.bias": {0: emb},
-        "cls_token": {2: emb}, "pos_embed": {2: emb}, "dist_token": {2: emb},
-        "norm.weight": {0: emb}, "norm.bias": {0: emb},
-        "head.weight": {1: emb}, "head_dist.weight": {1: emb},
-    }
-    for i, block in enumerate(spec.blocks):
-        heads, qk, v, mlp = (_indices(keep[dim_key(i, kind)]) for kind in BLOCK_DIMS)
-        q_rows = (heads[:, None] * block.qk_dim + qk[None, :]).flatten()
-        v_cols = (heads[:, None] * block.v_dim + v[None, :]).flatten()
-        qk_width = block.heads * block.qk_dim
-        qkv_rows = torch.cat([q_rows, q_rows + qk_width, v_cols + 2 * qk_width])
-        p = f"blocks.{i}."
-        selections.update({
-            p + "norm1.weight": {0: emb}, p + "norm1.bias": {0: emb},
-            p + "norm2.weight": {0: emb}, p + "norm2.bias": {0: emb},
-            p + "attn.qkv.weight": {0: qkv_rows, 1: emb}, p + "attn.qkv.bias": {0: qkv_rows},
-            p + "attn.proj.weight": {0: emb, 1: v_cols}, p + "attn.proj.bias": {0: emb},
-            p + "mlp.fc1.weight": {0: mlp, 1: emb}, p + "mlp.fc1.bias": {0: mlp},
-            p + "mlp.fc2.weight": {0: emb, 1: mlp}, p + "mlp.fc2.bias": {0: emb},
-        })
-    return selections
+    """For every parameter: axis → the indices that survive (axes not listed survive whole)."""
+    return {param: {axis: mask.nonzero().flatten() for axis, mask in axes.items()}
+            for param, axes in kept_masks(spec, keep).items()}
 
 
 def compact(model: ViT, keep: Mapping[str, torch.Tensor]) -> ViT:
@@ -251,17 +205,15 @@ def compact(model: ViT, keep: Mapping[str, torch.Tensor]) -> ViT:
 def masked_model(model: ViT, keep: Mapping[str, torch.Tensor]) -> ViT:
     """A copy of ``model`` with every pruned group zeroed and its norms over the kept channels only."""
     masked = copy.deepcopy(model).eval()
-    selections = kept_indices(model.spec, keep)
+    masks = kept_masks(model.spec, keep)
     with torch.no_grad():
         for name, param in masked.named_parameters():
-            for axis, index in selections.get(name, {}).items():
-                mask = torch.zeros(param.shape[axis], dtype=param.dtype)
-                mask[index] = 1
-                param.mul_(mask.reshape([-1 if a == axis else 1 for a in range(param.ndim)]))
-    kept = keep["emb"]
-    for block in masked.blocks:
-        block.norm1, block.norm2 = MaskedLayerNorm(block.norm1, kept), MaskedLayerNorm(block.norm2, kept)
-    masked.norm = MaskedLayerNorm(masked.norm, kept)
+            for axis, mask in masks.get(name, {}).items():
+                param.mul_(mask.to(param.dtype).reshape([-1 if a == axis else 1 for a in range(param.ndim)]))
+    embedding_params = {s.param for s in structure_map(model.spec)[EMB]}
+    for name, module in list(masked.named_modules()):
+        if isinstance(module, nn.LayerNorm) and f"{name}.weight" in embedding_params:
+            masked.set_submodule(name, MaskedLayerNorm(module, keep[EMB]))
     return masked
 
 
@@ -270,6 +222,15 @@ def compaction_error(model: ViT, keep: Mapping[str, torch.Tensor], compacted: Vi
     """Max |masked model − compacted model| over the logits for ``x``, computed in float64."""
     reference = masked_model(model, keep).double()(x.double())
     return (reference - copy.deepcopy(compacted).double()(x.double())).abs().max().item()
+
+
+def require_exact_compaction(error: float) -> None:
+    """Compaction must not change the outputs; NaN/Inf outputs (a diverged fine-tune) are a user error."""
+    if not math.isfinite(error):
+        raise VitDeployError("the model's outputs became NaN or infinite while pruning (a fine-tune diverged): "
+                             "lower --lr and prune again")
+    if error > COMPACTION_TOLERANCE:
+        raise RuntimeError(f"compaction changed the outputs by {error:.2e} > {COMPACTION_TOLERANCE:.0e}")
 
 
 # --- the pruning loop -----------------------------------------------------------------------------
@@ -288,7 +249,6 @@ class NViTPruner:
         if config.target_latency_ms is not None and lut is None:
             raise VitDeployError("--target-latency-ms needs a latency table: pass --lut FILE")
         _require_prunable(model)
-        torch.set_num_threads(config.threads)
         self.teacher = model.eval()
         self.model = copy.deepcopy(model).eval()
         self.calib_data = calib_data
@@ -315,7 +275,8 @@ class NViTPruner:
         """Prune until the cost is at most ``ratio`` × the original's; return the current model."""
         self._require_reachable(ratio)
         total = math.ceil(max(0.0, self.ratio - ratio) / self.config.prune_step - 1e-9)
-        with tqdm(total=total, desc=f"nvit to {ratio:.3g}×", disable=not self.progress) as bar:
+        with torch_threads(self.config.threads), tqdm(total=total, desc=f"nvit to {ratio:.3g}×",
+                                                      disable=not self.progress) as bar:
             while self.measure(self.model.spec) > ratio * self.base_cost:
                 self.step(max(ratio, self.ratio - self.config.prune_step), floor_ratio=ratio)
                 bar.update()
@@ -335,8 +296,7 @@ class NViTPruner:
                                        self.rank_cost, self.config.eta, self.config.round_to, floor)
         compacted = compact(self.model, keep)
         error = compaction_error(self.model, keep, compacted, calibration[0][0][:16])
-        if error > COMPACTION_TOLERANCE:
-            raise RuntimeError(f"compaction changed the outputs by {error:.2e} > {COMPACTION_TOLERANCE:.0e}")
+        require_exact_compaction(error)
         self.model = compacted
         tune = self.fine_tune(self.model, self.config.finetune_steps, f"fine-tune {index + 1}", seed_offset=index + 1)
         self.steps.append({
@@ -392,6 +352,12 @@ def prune_nvit(model: ViT, config: NViTConfig, calib_data, eval_data=None, lut: 
     pruning, and after the final fine-tune. ``lut`` (or ``config.lut``) is a latency table for
     the latency term and latency targets. ``model`` itself is not changed.
     """
+    with torch_threads(config.threads):
+        return _prune_nvit(model, config, calib_data, eval_data, lut, progress)
+
+
+def _prune_nvit(model: ViT, config: NViTConfig, calib_data, eval_data, lut: LatencyTable | None,
+                progress: bool) -> tuple[ViT, dict]:
     started = time.perf_counter()
     if lut is None and config.lut:
         lut = load_table(config.lut)
@@ -433,10 +399,6 @@ def latency_summary(table: LatencyTable, before: ViTSpec, after: ViTSpec) -> dic
 
 def _before_after(before: float, after: float) -> dict:
     return {"before": before, "after": after, "ratio": after / before}
-
-
-def _indices(mask: torch.Tensor) -> torch.Tensor:
-    return mask.nonzero().flatten()
 
 
 def _require_prunable(model: ViT) -> None:

@@ -1,16 +1,22 @@
-"""Settings of the token-pruning methods (a light module: the CLI reads its defaults without
-importing torch). See ``vitdeploy.prune.token_methods`` for what the methods do."""
+"""Settings of the static token methods (a light module: the CLI reads its defaults without
+importing torch). Each method in ``vitdeploy.prune.methods`` says which fields it offers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import schema
 
-TOKEN_METHODS = ("patch-slimming", "star", "a-star", "uniform", "cls-attn", "random")
-CALIBRATED_METHODS = ("patch-slimming", "star", "a-star")
+TOKEN_OPTION_HELP = {
+    "target_flops": "target FLOPs as a ratio of the unpruned model's, in (0, 1): the method's knob is bisected",
+    "calib_size": "calibration images drawn (seeded) from the train split",
+    "seed": "calibration sampling and random plans",
+}
+"""Help of the options every token method shares."""
 
 
+@schema
 @dataclass
 class TokenPruneConfig:
     method: str
@@ -36,14 +42,16 @@ class TokenPruneConfig:
     seed: int = 0
 
     def validate(self) -> "TokenPruneConfig":
-        if self.method not in TOKEN_METHODS:
-            raise VitDeployError(f"unknown token method {self.method!r}: choose one of {', '.join(TOKEN_METHODS)}")
-        knobs = {"star": ("rho",), "a-star": ("rho",), "patch-slimming": ("epsilon",)}.get(
-            self.method, ("rate", "keep"))
+        from vitdeploy.prune.registry import all_methods
+
+        token_methods = {name: m for name, m in all_methods().items() if m.plan is not None}
+        if self.method not in token_methods:
+            raise VitDeployError(f"unknown token method {self.method!r}: choose one of {', '.join(token_methods)}")
+        knobs = token_methods[self.method].knobs
         given = [k for k in ("target_flops", *knobs) if getattr(self, k) is not None]
         if len(given) != 1:
             names = " or ".join(f"--{k.replace('_', '-')}" for k in ("target_flops", *knobs))
-            raise VitDeployError(f"--method {self.method} needs exactly one of {names}")
+            raise VitDeployError(f"{self.method} needs exactly one of {names}")
         if self.target_flops is not None and not 0 < self.target_flops < 1:
             raise VitDeployError(f"--target-flops is a ratio of the unpruned model's FLOPs in (0, 1), "
                                  f"got {self.target_flops}")
@@ -51,12 +59,14 @@ class TokenPruneConfig:
             raise VitDeployError(f"--rho must be in (0, 1], got {self.rho}")
         if self.rate is not None and not 0 < self.rate < 1:
             raise VitDeployError(f"--rate must be strictly between 0 and 1, got {self.rate}")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise VitDeployError(f"--epsilon must be positive, got {self.epsilon}")
         if not 0 <= self.alpha <= 1:
             raise VitDeployError(f"--alpha must be in [0, 1], got {self.alpha}")
         if min(self.gamma, self.rounds, self.calib_size, self.calib_batch, self.granularity) < 1:
             raise VitDeployError("--gamma, --rounds, --calib-size, --calib-batch and --granularity must be ≥ 1")
         if self.package and self.method != "cls-attn":
-            raise VitDeployError("--package applies to --method cls-attn only")
+            raise VitDeployError("--package applies to cls-attn only")
         if self.blocks is not None and self.method != "cls-attn":
-            raise VitDeployError("--blocks applies to --method cls-attn only")
+            raise VitDeployError("--blocks applies to cls-attn only")
         return self

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import schema
 
 
+@schema
 @dataclass
 class TrainConfig:
     model: str = "fmnist_vit"

@@ -2,41 +2,29 @@
 fine-tuning for a fixed number of steps, optionally distilling from a teacher's logits.
 
 AdamW with linear warm-up then cosine decay, label smoothing, and random shift/flip
-augmentation. With the same seed, thread count and torch build, runs are repeatable.
+augmentation, run by the shared engine (``vitdeploy.train.trainer``). With the same seed, thread
+count and torch build, runs are repeatable.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from vitdeploy.data import batches, random_crop_flip
-from vitdeploy.evaluate import dataset_for, evaluate
+from vitdeploy.data import batches
+from vitdeploy.data import dataset_for
+from vitdeploy.evaluate import evaluate
 from vitdeploy.models.vit import ViT
+from vitdeploy.threads import torch_threads
 from vitdeploy.train.config import TrainConfig
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:
-    if step < warmup_steps:
-        return config.lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def param_groups(model: ViT, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on biases, norms, the class token or position embedding."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        (decay if param.ndim >= 2 and param.shape[0] > 1 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+from vitdeploy.train.trainer import EpochPlan, EpochResult, Schedule, StepLoss, Trainer, param_groups, run_epochs
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -61,27 +49,20 @@ def training_loss(model: ViT, x: torch.Tensor, y: torch.Tensor, config: TrainCon
 def train(model: ViT, config: TrainConfig, progress: bool = True, teacher: ViT | None = None) -> dict:
     """Train ``model`` in place; return a JSON-ready report with per-epoch test accuracy."""
     config.validate()
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    train_set = dataset_for(model, config.data, "train", config.limit)
-    test_set = dataset_for(model, config.data, "test", config.limit)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    total_steps, warmup_steps = config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    history, step, started = [], 0, time.perf_counter()
-    for epoch in range(config.epochs):
-        bar = tqdm(batches(train_set, config.batch_size, shuffle=True, seed=config.seed + epoch),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for x, y in bar:
-            loss = _train_step(model, optimizer, x, y, lr_at(step, total_steps, warmup_steps, config), config,
-                               generator, teacher)
-            step += 1
-            bar.set_postfix(loss=f"{loss:.3f}")
-        top1 = evaluate(model, test_set)
-        history.append({"epoch": epoch + 1, "test_top1": top1, "loss": loss})
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}/{config.epochs}: test top-1 {top1:.4f}", file=sys.stderr)
+    with torch_threads(config.threads), _seeded(config.seed):
+        train_set = dataset_for(model, config.data, "train", config.limit)
+        test_set = dataset_for(model, config.data, "test", config.limit)
+        steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        schedule = Schedule(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+
+        def finish(epoch: EpochResult) -> dict:
+            return {"epoch": epoch.epoch, "test_top1": evaluate(model, test_set), "loss": epoch.steps[-1]["loss"]}
+
+        plan = EpochPlan(train_set, config.epochs, config.batch_size, config.seed, finish,
+                         describe=lambda r: f"epoch {r['epoch']}/{config.epochs}: test top-1 {r['test_top1']:.4f}")
+        started = time.perf_counter()
+        history = run_epochs(_trainer(model, config, schedule), plan, _loss(model, config, teacher),
+                             progress=progress).history
     model.eval()
     return {"config": asdict(config), "history": history, "test_top1": history[-1]["test_top1"],
             "train_seconds": round(time.perf_counter() - started, 1)}
@@ -96,38 +77,35 @@ def fine_tune(model: ViT, train_set, config: TrainConfig, steps: int, teacher: V
     With a ``teacher``, the loss adds the distillation term (see ``training_loss``).
     """
     config.validate()
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
-    warmup_steps = min(int(config.warmup_epochs * steps_per_epoch), steps)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    started, losses = time.perf_counter(), []
-    bar = tqdm(itertools.islice(_endless_batches(train_set, config), steps), total=steps, desc=desc,
-               disable=not progress, leave=False)
-    for step, (x, y) in enumerate(bar):
-        losses.append(_train_step(model, optimizer, x, y, lr_at(step, steps, warmup_steps, config), config,
-                                  generator, teacher))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    with torch_threads(config.threads), _seeded(config.seed):
+        steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+        schedule = Schedule(steps, min(int(config.warmup_epochs * steps_per_epoch), steps))
+        started = time.perf_counter()
+        results = _trainer(model, config, schedule).run_steps(_endless_batches(train_set, config), steps,
+                                                              _loss(model, config, teacher), desc, progress)
     model.eval()
-    tail = losses[-min(len(losses), 20):]
+    tail = [r["loss"] for r in results[-min(len(results), 20):]]
     return {"steps": steps, "final_loss": sum(tail) / len(tail) if tail else None,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _train_step(model: ViT, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
-                config: TrainConfig, generator: torch.Generator, teacher: ViT | None) -> float:
-    model.train()
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    loss = training_loss(model, random_crop_flip(x, config.crop_padding, generator), y, config, teacher)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+def _trainer(model: ViT, config: TrainConfig, schedule: Schedule) -> Trainer:
+    groups = [{**group, "lr": config.lr, "min_lr": config.min_lr} for group in param_groups(model, config.weight_decay)]
+    return Trainer(model, groups, schedule, config.seed, config.crop_padding)
+
+
+def _loss(model: ViT, config: TrainConfig, teacher: ViT | None) -> StepLoss:
+    return lambda x, y: (training_loss(model, x, y, config, teacher), {})
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Torch's global RNG seeded for the span of a run, and restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _endless_batches(train_set, config: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for epoch in itertools.count():
         yield from batches(train_set, config.batch_size, shuffle=True, seed=config.seed + epoch)
-

@@ -1,0 +1,502 @@
+"""Bad inputs a user hits, one row each, through the real CLI.
+
+Every row must end with exit 2 and exactly one stderr line ``vitdeploy: error: ...`` (signal rows:
+130/143 and ``vitdeploy: interrupted``), no traceback, and the working directory exactly as it
+was: no new files or directories (hidden temporaries and created parents included) and every
+pre-existing file byte-identical. Most rows run ``vitdeploy.cli.main`` in-process; rows marked
+``subprocess`` run ``python -m vitdeploy.cli`` to prove the real entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from safetensors.torch import save_file
+
+from tests.cli.conftest import deit_shaped_state, timm_config, training_checkpoint
+from tests.conftest import tiny_model
+from vitdeploy.cli import main
+from vitdeploy.io import write_json_atomic
+
+Setup = Callable[[Path, "Assets"], None]  # noqa: F821 - the conftest's Assets
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str
+    """The class of bad input, for the catalogue's summary."""
+    argv: str
+    """Whitespace-separated arguments after ``vitdeploy`` (paths relative to the case's directory)."""
+    setup: tuple[Setup, ...] = ()
+    fault: Callable[[pytest.MonkeyPatch], None] | None = None
+    """Injected OS failure (in-process rows only)."""
+    cwd: str = "."
+    subprocess: bool = False
+    signal: int | None = None
+    """Send this signal once the command has started writing (subprocess rows only)."""
+
+
+# --- setups: each builds inputs in the case's directory -------------------------------------------------
+
+def model(name: str = "m") -> Setup:
+    return lambda w, assets: assets.put("tiny", w, name)
+
+
+def deit(name: str = "m.safetensors") -> Setup:
+    return lambda w, assets: assets.put("deit.safetensors", w, name)
+
+
+def table(edit: Callable[[dict], object] = lambda data: None, name: str = "t.json") -> Setup:
+    """The shipped latency table, changed by ``edit``."""
+    def build(w: Path, assets) -> None:
+        data = assets.table()
+        edit(data)
+        (w / name).write_text(json.dumps(data))
+    return build
+
+
+def file(name: str, content: bytes | str | dict | list) -> Setup:
+    def build(w: Path, assets) -> None:
+        path = w / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(content) if isinstance(content, (dict, list)) else content
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return build
+
+
+def directory(name: str) -> Setup:
+    return lambda w, assets: (w / name).mkdir(parents=True)
+
+
+def torch_file(name: str, make: Callable[[], object]) -> Setup:
+    return lambda w, assets: torch.save(make(), w / name)
+
+
+def truncated(name: str, setup: Setup) -> Setup:
+    """``setup``'s file cut to half its length."""
+    def build(w: Path, assets) -> None:
+        setup(w, assets)
+        data = (w / name).read_bytes()
+        (w / name).write_bytes(data[: len(data) // 2])
+    return build
+
+
+def nan_weights(name: str = "m") -> Setup:
+    def build(w: Path, assets) -> None:
+        assets.put("tiny", w, name)
+        state = tiny_model().state_dict()
+        state["head.weight"] = torch.full_like(state["head.weight"], float("nan"))
+        save_file(state, str(w / name / "weights.safetensors"))
+    return build
+
+
+def spec_edit(name: str = "m", **changes) -> Setup:
+    """The tiny model with fields of its spec.json changed (``blocks0`` edits the first block)."""
+    def build(w: Path, assets) -> None:
+        assets.put("tiny", w, name)
+        spec = json.loads((w / name / "spec.json").read_text())
+        spec["blocks"][0].update(changes.pop("blocks0", {}))
+        spec.update(changes)
+        (w / name / "spec.json").write_text(json.dumps(spec))
+    return build
+
+
+def deit_with_config(**model_args) -> Setup:
+    def build(w: Path, assets) -> None:
+        assets.put("deit.safetensors", w, "m.safetensors")
+        (w / "config.json").write_text(json.dumps(timm_config(**model_args)))
+    return build
+
+
+def tiny_onnx(name: str = "g.onnx") -> Setup:
+    """A valid one-node ONNX graph (y = x + x)."""
+    def build(w: Path, assets) -> None:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
+        graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), w / name)
+    return build
+
+
+def image_folder(root: str, classes: int, image: bytes | None = None) -> Setup:
+    """``root/test/<class>/0.png`` for each class; ``image`` replaces the valid PNG."""
+    def build(w: Path, assets) -> None:
+        from PIL import Image
+
+        for index in range(classes):
+            folder = w / root / "test" / f"class{index}"
+            folder.mkdir(parents=True)
+            if image is None:
+                Image.new("RGB", (40, 40), (index * 40, 0, 0)).save(folder / "0.png")
+            else:
+                (folder / "0.png").write_bytes(image)
+    return build
+
+
+def recipe(name: str = "r.json", **fields) -> Setup:
+    base = {"name": "r", "model": "m", "variants": [{"name": "keep70", "keep": "2:0.7"}],
+            "export": {"selection": "topk", "target": "onnxruntime", "opset": 18}, "data": "fashion-mnist"}
+    return file(name, {**base, **fields})
+
+
+def old_outputs(*names: str) -> Setup:
+    """Pre-existing outputs a failed command must leave byte-identical."""
+    return lambda w, assets: [file(name, f"OLD {name}")(w, assets) for name in names] and None
+
+
+def deep_json(depth: int = 100_000) -> str:
+    return "[" * depth + "]" * depth
+
+
+# --- faults: OS errors a full disk or read-only file system raises ------------------------------------
+
+def disk_full_on_replace(monkeypatch: pytest.MonkeyPatch, call: int = 1) -> None:
+    """The ``call``-th ``os.replace`` (counting from 1) fails with ENOSPC; the others work."""
+    calls, replace = [], os.replace
+
+    def full(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(*args, **kwargs)
+    monkeypatch.setattr(os, "replace", full)
+
+
+def read_only_on_mkdir(monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+    monkeypatch.setattr(Path, "mkdir", read_only)
+
+
+def pickled_object() -> dict:
+    import datetime
+
+    return {"model": {"w": torch.zeros(2)}, "created": datetime.date(2024, 1, 1)}
+
+
+def timm_training_checkpoint(**args) -> dict:
+    """What timm's train.py saves (checkpoint-N.pth.tar / model_best.pth.tar)."""
+    return {"epoch": 3, "arch": "vit_custom_patch8_32", "state_dict": deit_shaped_state(), "version": 2,
+            "args": argparse.Namespace(model="vit_custom_patch8_32", mean=None, std=None, **args)}
+
+
+NAN = float("nan")
+TRAIN = "train --out o --limit 8 --quiet"
+PRUNE = "prune uniform m --out o --rate 0.5"
+
+CASES = [
+    # options: range, finiteness, digits (argparse refuses before any work)
+    Case("train-epochs-negative", "option", f"{TRAIN} --epochs -1"),
+    Case("train-batch-size-huge", "option", f"{TRAIN} --batch-size 1000000000000"),
+    Case("train-batch-size-zero", "option", f"{TRAIN} --batch-size 0"),
+    Case("train-lr-nan", "option", f"{TRAIN} --lr nan"),
+    Case("train-lr-zero", "option", f"{TRAIN} --lr 0"),
+    Case("train-label-smoothing-above-1", "option", f"{TRAIN} --label-smoothing 1.5"),
+    Case("train-threads-huge", "option", f"{TRAIN} --threads 100000000"),
+    Case("train-epochs-arabic-digit", "option", f"{TRAIN} --epochs ٣"),
+    Case("train-seed-negative", "option", f"{TRAIN} --seed -1"),
+    Case("train-limit-zero", "option", "train --out o --limit 0"),
+    Case("train-epochs-5000-digits", "option", f"{TRAIN} --epochs {'9' * 5000}"),
+    Case("eval-limit-negative", "option", "eval m --limit -5 --no-onnx", (model(),)),
+    Case("inspect-keep-superscript-digit", "option", "inspect m --keep 2:²", (model(),)),
+    Case("inspect-keep-nan", "option", "inspect m --keep 2:nan", (model(),)),
+    Case("inspect-keep-block-out-of-range", "option", "inspect m --keep 9:0.5", (model(),)),
+    Case("inspect-package-without-keep", "option", "inspect m --package", (model(),)),
+    Case("prune-nvit-eta-nan", "option", "prune nvit m --out o --calib fashion-mnist --eta nan", (model(),)),
+    Case("prune-spvit-lambda-ratio-nan", "option", "prune spvit m --out o --data fashion-mnist --lambda-ratio nan",
+         (model(),)),
+    Case("prune-threads-zero", "option", f"{PRUNE} --threads 0", (model(),)),
+    Case("prune-threads-huge", "option", f"{PRUNE} --threads 99999999", (model(),)),
+    Case("prune-rate-above-1", "option", "prune uniform m --out o --rate 1.5", (model(),)),
+    Case("prune-eval-limit-zero", "option", f"{PRUNE} --eval fashion-mnist --eval-limit 0", (model(),)),
+    Case("export-opset-out-of-range", "option", "export m --out x.onnx --opset 99", (model(),)),
+    Case("bench-batch-huge", "option", "bench m --batch 1000000000", (model(),)),
+    Case("bench-batch-arabic-digit", "option", "bench m --batch 1,٨", (model(),)),
+    Case("bench-threads-huge", "option", "bench m --threads 100000000", (model(),)),
+    Case("bench-iters-zero", "option", "bench m --iters 0", (model(),)),
+    Case("bench-warmup-negative", "option", "bench m --warmup -1", (model(),)),
+    Case("lut-build-batch-zero", "option", "lut build --batch 0 --out tables"),
+    Case("lut-build-threads-huge", "option", "lut build --threads 100000000 --out tables"),
+    Case("run-limit-zero", "option", "run r.json --out o --limit 0", (model(), recipe())),
+    Case("triton-repo-max-batch-zero", "option", "triton-repo m --out repo --max-batch 0", (model(),)),
+    Case("serve-http-port-out-of-range", "option", "serve m --http-port 70000", (model(),)),
+    Case("loadtest-duration-nan", "option", "loadtest localhost:1 --model m --duration nan"),
+    Case("loadtest-batch-zero", "option", "loadtest localhost:1 --model m --batch 0"),
+    Case("model-arg-not-key-value", "option", "inspect m.safetensors --model-arg num_heads", (deit(),)),
+    Case("train-label-smoothing-entry-point", "option", f"{TRAIN} --label-smoothing 2", subprocess=True),
+
+    # checkpoints: files that are not what they claim, configs the ViT does not implement
+    Case("pth-garbage", "checkpoint", "inspect m.pth", (file("m.pth", b"not a checkpoint at all"),)),
+    Case("pth-empty", "checkpoint", "inspect m.pth", (file("m.pth", b""),)),
+    Case("pth-truncated", "checkpoint", "export m.pth --out x.onnx",
+         (truncated("m.pth", torch_file("m.pth", deit_shaped_state)),)),
+    Case("pth-pickled-object", "checkpoint", "inspect m.pth", (torch_file("m.pth", pickled_object),),
+         subprocess=True),
+    Case("pth-list-of-tensors", "checkpoint", "inspect m.pth", (torch_file("m.pth", lambda: [torch.zeros(2)]),)),
+    Case("pth-tar-timm-global-pool-avg", "checkpoint", "export model_best.pth.tar --out x.onnx",
+         (torch_file("model_best.pth.tar", lambda: timm_training_checkpoint(gp="avg")),)),
+    Case("pth-tar-timm-kwargs-gelu-tanh", "checkpoint", "export checkpoint-3.pth.tar --out x.onnx",
+         (torch_file("checkpoint-3.pth.tar",
+                     lambda: timm_training_checkpoint(model_kwargs={"act_layer": "gelu_tanh"})),)),
+    Case("pth-deit-training-args-mean-nan", "checkpoint", "inspect m.pth",
+         (torch_file("m.pth", lambda: training_checkpoint(mean=(NAN, 0.5, 0.5), std=(0.5, 0.5, 0.5))),)),
+    Case("safetensors-garbage", "checkpoint", "inspect m.safetensors", (file("m.safetensors", b"\x08garbage"),)),
+    Case("safetensors-truncated", "checkpoint", "inspect m.safetensors", (truncated("m.safetensors", deit()),)),
+    Case("checkpoint-is-a-directory", "checkpoint", "inspect m.pth", (directory("m.pth"),)),
+    Case("checkpoint-unsupported-suffix", "checkpoint", "inspect m.ckpt", (file("m.ckpt", b"x"),)),
+    Case("checkpoint-missing", "checkpoint", "export nothing.pth --out x.onnx"),
+    Case("checkpoint-nan-weights", "checkpoint", "export m.safetensors --out x.onnx",
+         (lambda w, a: save_file({k: v.fill_(NAN) if k == "head.weight" else v
+                                  for k, v in deit_shaped_state().items()}, str(w / "m.safetensors")),)),
+    Case("checkpoint-nonstandard-width", "checkpoint", "inspect m.safetensors",
+         (lambda w, a: save_file(dict(tiny_model().state_dict()), str(w / "m.safetensors")),)),
+    Case("config-global-pool-avg", "config.json", "export m.safetensors --out x.onnx",
+         (deit_with_config(global_pool="avg", fc_norm=False),)),
+    Case("config-fc-norm", "config.json", "export m.safetensors --out x.onnx", (deit_with_config(fc_norm=True),)),
+    Case("config-act-gelu-tanh", "config.json", "export m.safetensors --out x.onnx",
+         (deit_with_config(act_layer="gelu_tanh"),)),
+    Case("config-heads-do-not-divide-width", "config.json", "inspect m.safetensors",
+         (deit_with_config(num_heads=5),)),
+    Case("config-contradicts-depth", "config.json", "inspect m.safetensors", (deit_with_config(depth=12),)),
+    Case("config-unknown-model-arg", "config.json", "inspect m.safetensors",
+         (deit_with_config(mlp_layer="swiglu"),)),
+    Case("config-wrong-type", "config.json", "inspect m.safetensors", (deit_with_config(num_heads="six"),)),
+    Case("config-invalid-json", "config.json", "inspect m.safetensors",
+         (deit(), file("config.json", '{"architecture": ')),),
+    Case("config-invalid-utf8", "config.json", "inspect m.safetensors",
+         (deit(), file("config.json", b'{"architecture": "\xff\xfe"}')),),
+    Case("config-mean-nan", "config.json", "inspect m.safetensors",
+         (deit(), file("config.json", '{"pretrained_cfg": {"mean": [NaN, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}')),),
+    Case("model-arg-global-pool-avg", "checkpoint", "export m.safetensors --out x.onnx --model-arg global_pool=avg",
+         (deit(),)),
+    Case("model-arg-unknown", "checkpoint", "inspect m.safetensors --model-arg wibble=1", (deit(),)),
+    Case("model-arg-std-zero", "checkpoint", "inspect m.safetensors --model-arg std=[0,0.5,0.5]", (deit(),)),
+    Case("model-arg-on-a-directory", "checkpoint", "inspect m --model-arg num_heads=2", (model(),)),
+    Case("arch-unknown", "checkpoint", "inspect m.safetensors --arch nope", (deit(),)),
+
+    # model directories and their spec.json
+    Case("spec-invalid-json", "spec.json", "inspect m", (model(), file("m/spec.json", "{"))),
+    Case("spec-invalid-utf8", "spec.json", "inspect m", (model(), file("m/spec.json", b'{"name": "\xc3\x28"}'))),
+    Case("spec-wrong-type", "spec.json", "inspect m", (spec_edit(img_size="32"),)),
+    Case("spec-unknown-key", "spec.json", "inspect m", (spec_edit(dropout=0.1),)),
+    Case("spec-deep-nesting", "spec.json", "inspect m", (model(), file("m/spec.json", deep_json()))),
+    Case("spec-billion-wide-layer", "spec.json", "export m --out x.onnx", (spec_edit(blocks0={"mlp_dim": 10**9}),)),
+    Case("spec-nan", "spec.json", "inspect m", (spec_edit(norm_eps=NAN),)),
+    Case("spec-is-a-directory", "spec.json", "inspect m", (model(), lambda w, a: (w / "m/spec.json").unlink(),
+                                                          directory("m/spec.json"))),
+    Case("spec-weights-missing", "spec.json", "inspect m",
+         (model(), lambda w, a: (w / "m/weights.safetensors").unlink())),
+    Case("spec-does-not-match-weights", "spec.json", "inspect m", (spec_edit(blocks0={"mlp_dim": 7}),)),
+    Case("artifact-nan-weights", "spec.json", "export m --out x.onnx", (nan_weights(),)),
+
+    # recipes
+    Case("recipe-missing", "recipe", "run nothing.json --out o"),
+    Case("recipe-invalid-json", "recipe", "run r.json --out o", (file("r.json", "{"),)),
+    Case("recipe-invalid-utf8", "recipe", "run r.json --out o", (file("r.json", b"\xff"),)),
+    Case("recipe-wrong-type", "recipe", "run r.json --out o", (model(), recipe(variants="keep70"))),
+    Case("recipe-wrong-typed-variant-field", "recipe", "run r.json --out o",
+         (model(), recipe(variants=[{"name": "k", "keep": 5}]))),
+    Case("recipe-unknown-key", "recipe", "run r.json --out o", (model(), recipe(colour="red"))),
+    Case("recipe-deep-nesting", "recipe", "run r.json --out o", (file("r.json", deep_json()),)),
+    Case("recipe-is-a-directory", "recipe", "run r.json --out o", (directory("r.json"),)),
+    Case("recipe-unknown-model", "recipe", "run r.json --out o", (recipe(model="nope"),)),
+    Case("recipe-keep-non-ascii-digit", "recipe", "run r.json --out o",
+         (model(), recipe(variants=[{"name": "k", "keep": "2:²"}]))),
+    Case("recipe-out-holds-other-files", "recipe", "run r.json --out o",
+         (model(), recipe(), old_outputs("o/thesis.tex"))),
+    Case("recipe-out-is-a-file", "recipe", "run r.json --out o", (model(), recipe(), old_outputs("o"))),
+    Case("recipe-data-missing", "recipe", "run r.json --out o --limit 4", (model(), recipe(data="nodata"))),
+    Case("recipe-fails-late-keeps-old-outputs", "recipe", "run r.json --out o --limit 4",
+         (model(), recipe(data="d"), image_folder("d", 6), old_outputs("o/summary.json", "o/summary.md"))),
+
+    # latency tables
+    Case("lut-show-missing", "latency table", "lut show t.json"),
+    Case("lut-show-invalid-json", "latency table", "lut show t.json", (file("t.json", "{"),)),
+    Case("lut-show-invalid-utf8", "latency table", "lut show t.json", (file("t.json", b"\xff{}"),)),
+    Case("lut-show-wrong-type", "latency table", "lut show t.json",
+         (table(lambda data: data["metadata"].update(batch="8")),)),
+    Case("lut-show-unknown-key", "latency table", "lut show t.json", (table(lambda data: data.update(owner="me")),)),
+    Case("lut-show-negative-batch", "latency table", "lut show t.json",
+         (table(lambda data: data["metadata"].update(batch=-8)),)),
+    Case("lut-show-deep-nesting", "latency table", "lut show t.json", (file("t.json", deep_json()),)),
+    Case("lut-show-is-a-directory", "latency table", "lut show t.json", (directory("t.json"),)),
+    Case("lut-predict-nan-latency", "latency table", "lut predict t.json m",
+         (model(), table(lambda data: data["mlp"]["ms"].__setitem__(0, NAN)))),
+    Case("lut-predict-ragged-grid", "latency table", "lut predict t.json m",
+         (model(), table(lambda data: data["mlp"]["ms"].pop()))),
+    Case("lut-predict-missing-model", "latency table", "lut predict t.json nothing", (table(),)),
+    Case("lut-refresh-garbage-table", "latency table", "lut refresh t.json", (file("t.json", "garbage"),)),
+    Case("lut-build-unknown-grid", "latency table", "lut build --grid huge --out tables"),
+    Case("lut-build-unknown-backend", "latency table", "lut build --backend nope --out tables"),
+
+    # .onnx files
+    Case("bench-empty-onnx", "onnx", "bench g.onnx --iters 1 --warmup 0 --rounds 1", (file("g.onnx", b""),)),
+    Case("bench-garbage-onnx", "onnx", "bench g.onnx --iters 1 --warmup 0 --rounds 1",
+         (file("g.onnx", b"garbage bytes"),)),
+    Case("bench-truncated-onnx", "onnx", "bench g.onnx --iters 1 --warmup 0 --rounds 1",
+         (truncated("g.onnx", tiny_onnx()),)),
+    Case("bench-onnx-is-a-directory", "onnx", "bench g.onnx --iters 1 --warmup 0 --rounds 1", (directory("g.onnx"),)),
+    Case("eval-onnx-garbage", "onnx", "eval m --onnx g.onnx --limit 4", (model(), file("g.onnx", b"garbage"))),
+    Case("rewrite-garbage-onnx", "onnx", "rewrite g.onnx --out y.onnx", (file("g.onnx", b"garbage"),)),
+    Case("rewrite-missing-input", "onnx", "rewrite nothing.onnx --out y.onnx"),
+    Case("rewrite-unknown-rule", "onnx", "rewrite g.onnx --out y.onnx --rules nope", (tiny_onnx(),)),
+    Case("triton-repo-garbage-onnx", "onnx", "triton-repo g.onnx --out repo", (file("g.onnx", b"garbage"),)),
+
+    # output locations
+    Case("export-out-not-onnx", "output", "export m --out x.txt", (model(),)),
+    Case("export-out-parent-is-a-file", "output", "export m --out f/x.onnx", (model(), old_outputs("f"))),
+    Case("export-report-path-is-a-directory", "output", "export m --out x.onnx",
+         (model(), old_outputs("x.onnx"), directory("x.export.json"))),
+    Case("export-report-path-is-a-directory-after-export", "output", "export m --out x.onnx",
+         (model(), old_outputs("x.onnx")), fault=lambda mp: disk_full_on_replace(mp, call=2)),
+    Case("export-out-under-proc", "output", "export m --out /proc/vitdeploy-x.onnx", (model(),)),
+    Case("export-disk-full-leaves-no-parents", "output", "export m --out new/dir/x.onnx", (model(),),
+         fault=disk_full_on_replace),
+    Case("export-read-only-fs", "output", "export m --out new/x.onnx", (model(),), fault=read_only_on_mkdir),
+    Case("prune-disk-full", "output", f"{PRUNE}", (model(), old_outputs("o/spec.json")), fault=disk_full_on_replace),
+    Case("prune-out-is-the-input-model", "output", "prune uniform m --out m --rate 0.5",
+         (model(), old_outputs("m/train.json"))),
+    Case("prune-out-dot-in-empty-cwd", "output", "prune uniform ../m --out . --rate 0.5", (model(), directory("e")),
+         cwd="e"),
+    Case("prune-out-holds-other-files", "output", PRUNE, (model(), old_outputs("o/thesis.tex"))),
+    Case("train-out-parent-is-a-file", "output", "train --out f/o --limit 8 --epochs 1", (old_outputs("f"),)),
+    Case("train-out-under-sys", "output", "train --out /sys/vitdeploy-o --limit 8 --epochs 1 --quiet"),
+    Case("bench-report-json-is-a-directory", "output", "bench m --batch 1 --iters 1 --warmup 0 --rounds 1 --out b",
+         (model(), old_outputs("b.md"), directory("b.json"))),
+    Case("lut-build-out-is-a-file", "output", "lut build --grid quick --out tables", (old_outputs("tables"),)),
+    Case("rewrite-report-path-is-a-directory", "output", "rewrite g.onnx --out y.onnx",
+         (tiny_onnx(), old_outputs("y.onnx"), directory("y.rewrite.json"))),
+    Case("triton-repo-out-is-a-file", "output", "triton-repo m --out repo", (model(), old_outputs("repo"))),
+
+    # data folders
+    Case("eval-data-missing", "data", "eval m --data nodata --no-onnx", (model(),)),
+    Case("eval-data-empty-folder", "data", "eval m --data d --no-onnx", (model(), directory("d"))),
+    Case("eval-data-garbage-image", "data", "eval m --data d --no-onnx",
+         (model(), image_folder("d", 5, image=b"not a png"))),
+    Case("eval-data-more-classes-than-the-head", "data", "eval m --data d --no-onnx", (model(), image_folder("d", 6))),
+    Case("eval-data-unknown-split", "data", "eval m --data d --split bogus --no-onnx",
+         (model(), image_folder("d", 5))),
+    Case("prune-calib-missing", "data", "prune star m --out o --calib nodata --target-flops 0.7", (model(),)),
+    Case("export-parity-data-missing", "data", "export m --out x.onnx --parity-data nodata", (model(),)),
+    Case("train-data-missing", "data", "train --data nodata --out o --limit 8 --epochs 1"),
+
+    # signals
+    Case("sigterm-during-export", "signal", "export m --out x.onnx", (model(), old_outputs("x.onnx")),
+         subprocess=True, signal=signal.SIGTERM),
+    Case("sigint-during-export", "signal", "export m --out x.onnx", (model(), old_outputs("x.onnx")),
+         subprocess=True, signal=signal.SIGINT),
+]
+
+
+# --- running a case and checking the promise -----------------------------------------------------------
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every entry below ``root`` (hidden ones included): file bytes, or None for a directory."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def run_in_process(case: Case, cwd: Path, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.chdir(cwd)
+    if case.fault:
+        case.fault(monkeypatch)
+    threads = torch.get_num_threads()
+    try:
+        code = main(case.argv.split())
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        monkeypatch.undo()
+        torch.set_num_threads(threads)
+    return code, capsys.readouterr().err
+
+
+def run_subprocess(case: Case, cwd: Path) -> tuple[int, str]:
+    command = [sys.executable, "-m", "vitdeploy.cli", *case.argv.split()]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    if case.signal is not None:
+        wait_for_temporary(cwd, process)
+        process.send_signal(case.signal)
+    _, err = process.communicate(timeout=300)
+    return process.returncode, err
+
+
+def wait_for_temporary(cwd: Path, process: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Block until the command has created its hidden .onnx temporary (it is exporting and checking)."""
+    deadline = time.monotonic() + timeout
+    while not any(p.name.startswith(".") and p.name.endswith(".onnx.tmp") for p in cwd.iterdir()):
+        assert process.poll() is None, "the command ended before it started writing"
+        assert time.monotonic() < deadline, "the command never started writing"
+        time.sleep(0.01)
+
+
+def expected_exit(case: Case) -> tuple[int, str]:
+    if case.signal is not None:
+        return 128 + case.signal, "vitdeploy: interrupted"
+    return 2, "vitdeploy: error:"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(case: Case, assets, tmp_path, monkeypatch, capsys):
+    for setup in case.setup:
+        setup(tmp_path, assets)
+    before = snapshot(tmp_path)
+    cwd = tmp_path / case.cwd
+    code, err = run_subprocess(case, cwd) if case.subprocess else run_in_process(case, cwd, monkeypatch, capsys)
+    want_code, want_start = expected_exit(case)
+    assert "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith(want_start), err
+    assert code == want_code, err
+    assert snapshot(tmp_path) == before
+
+
+def test_the_catalogue_covers_every_command_and_file_type():
+    from vitdeploy.cli import build_parser
+
+    commands = {case.argv.split()[0] for case in CASES}
+    lut_actions = {case.argv.split()[1] for case in CASES if case.argv.startswith("lut ")}
+    kinds = {case.kind for case in CASES}
+    parser_commands = set(build_parser()._subparsers._group_actions[0].choices)
+    assert len(CASES) >= 60 and len({case.id for case in CASES}) == len(CASES)
+    assert parser_commands <= commands
+    assert lut_actions == {"build", "show", "predict", "refresh"}
+    assert {"spec.json", "recipe", "latency table", "onnx", "checkpoint", "config.json", "data"} <= kinds
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".x.json.{dead.stdout.strip()}-abc.tmp"
+    stale.write_text("half-written")
+    live = tmp_path / f".x.json.{os.getpid()}-def.tmp"
+    live.write_text("being written")
+    write_json_atomic(tmp_path / "x.json", {"ok": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.json", live.name])
+
+
+def test_outputs_staged_together_stay_old_when_one_cannot_be_moved(tmp_path, monkeypatch):
+    from vitdeploy.io import OutputError, atomic_paths
+
+    for name in ("x.onnx", "x.export.json"):
+        (tmp_path / name).write_text(f"OLD {name}")
+    before = snapshot(tmp_path)
+    disk_full_on_replace(monkeypatch, call=2)
+    with pytest.raises(OutputError, match="cannot write"):
+        with atomic_paths(tmp_path / "x.onnx", tmp_path / "x.export.json") as (onnx_tmp, report_tmp):
+            onnx_tmp.write_text("NEW")
+            report_tmp.write_text("NEW")
+    assert snapshot(tmp_path) == before

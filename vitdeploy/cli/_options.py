@@ -1,0 +1,120 @@
+"""Command-line options built from a settings dataclass's fields (name, type and default)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from typing import Any
+
+
+MAX_DIGITS = 18
+"""Longer whole numbers are refused before conversion (no option needs one above 10¹⁸)."""
+MAX_THREADS = 1024
+MAX_BATCH = 65536
+"""Images per batch; above this one batch of even a small model does not fit in memory."""
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def whole_number(text: str) -> int:
+    digits = text.strip().removeprefix("-")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= MAX_DIGITS):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def whole_number_in(low: int, high: int | None = None):
+    """An option type: a whole number in ``low..high`` (no upper bound when ``high`` is None)."""
+    def parse(text: str) -> int:
+        value = whole_number(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give a whole number "
+                                             + (f"in {low}..{high}" if high is not None else f"≥ {low}"))
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    """An option type: a finite number between ``low`` and ``high`` (bounds excluded where ``*_open``)."""
+    def parse(text: str) -> float:
+        value = finite_float(text)
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"{text!r} is out of range: give a number in "
+                                             f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = whole_number_in(1)
+threads_count = whole_number_in(1, MAX_THREADS)
+batch_size = whole_number_in(1, MAX_BATCH)
+
+
+def batch_list(text: str) -> tuple[int, ...]:
+    """'1,8,32' → (1, 8, 32), each a batch size in 1..MAX_BATCH."""
+    batches = int_list(text)
+    if min(batches) < 1 or max(batches) > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be in 1..{MAX_BATCH}")
+    return batches
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isascii() and part.isdigit() and len(part) <= MAX_DIGITS for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers such as 3,6,9")
+    return tuple(int(part) for part in parts)
+
+
+def add_config_options(parser: argparse.ArgumentParser, config: type, helps: dict[str, str],
+                       choices: dict[str, tuple] | None = None, defaults: dict[str, Any] | None = None) -> None:
+    """Add ``--field-name`` for each field in ``helps``, typed and defaulted from ``config``.
+
+    A bool field that defaults to True becomes ``--no-field-name``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(config)
+    choices, defaults = choices or {}, defaults or {}
+    for name, help_text in helps.items():
+        default = defaults.get(name, _default(fields[name]))
+        flag = "--" + name.replace("_", "-")
+        if hints[name] is bool:
+            negative = default is True
+            parser.add_argument(("--no-" + name.replace("_", "-")) if negative else flag, dest=name,
+                                action="store_false" if negative else "store_true",
+                                help=f"turn off (on by default): {help_text}" if negative else help_text)
+            continue
+        shown = "" if default is None else " (default: %(default)s)"
+        parser.add_argument(flag, dest=name, type=_parser_for(hints[name]), default=default,
+                            choices=choices.get(name), help=help_text + shown)
+
+
+def config_values(args: argparse.Namespace, helps: dict[str, str]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in helps}
+
+
+def _default(field: dataclasses.Field) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def _parser_for(hint: Any):
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    base = args[0]
+    if typing.get_origin(base) is tuple:
+        return int_list
+    return {float: finite_float, int: whole_number}.get(base, str)

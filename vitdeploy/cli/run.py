@@ -1,0 +1,28 @@
+"""`vitdeploy run`: execute a pipeline recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vitdeploy.cli._common import print_json_or
+from vitdeploy.cli._options import positive_int
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="run a pipeline recipe (model → token plan → ONNX → checks → accuracy)",
+                       description="Run a declarative pipeline recipe (JSON). Without RECIPE, runs the built-in "
+                                   "default: the shipped Fashion-MNIST model with a static token plan.")
+    p.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe JSON (default: export/default.json)")
+    p.add_argument("--out", default="out/default", help="output directory (default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only")
+    p.add_argument("--json", action="store_true", help="print the JSON summary")
+    p.set_defaults(run=_run_recipe)
+
+
+def _run_recipe(args) -> None:
+    from vitdeploy.pipeline import load_recipe, run_recipe, summary_table
+
+    summary = run_recipe(load_recipe(args.recipe), Path(args.out), limit=args.limit,
+                         progress=sys.stderr.isatty())
+    print_json_or(args, summary, summary_table(summary))

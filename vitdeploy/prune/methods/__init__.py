@@ -1,0 +1,1 @@
+"""One module per pruning method; each registers itself with ``vitdeploy.prune.registry``."""

@@ -1,0 +1,46 @@
+"""NViT global structural pruning (Yang et al.): embed dim, heads, per-head QK/V dims and MLP
+neurons ranked by Hessian-aware importance minus a latency (or FLOPs) term, removed a few at a
+time with short distilled fine-tunes, then compacted into a smaller dense model."""
+
+from __future__ import annotations
+
+from vitdeploy.errors import VitDeployError
+from vitdeploy.prune.nvit_config import CRITERIA, NViTConfig
+from vitdeploy.prune.registry import DataOption, PruneMethod, register
+from vitdeploy.prune.summaries import nvit_summary
+
+TRAIN_DATA = DataOption("--calib", "fine-tuning and importance data (its train split): fashion-mnist or an "
+                                   "ImageFolder directory")
+
+
+def run(model, config: NViTConfig, context):
+    from vitdeploy.data import dataset_for
+    from vitdeploy.prune.structural import prune_nvit
+
+    if config.target_latency_ms is not None and not config.lut:
+        raise VitDeployError("--target-latency-ms needs --lut FILE (a latency table for the target device)")
+    train_data = dataset_for(model, context.data, "train", resize=context.resize)
+    return prune_nvit(model, config, train_data, context.eval_data, progress=context.progress)
+
+
+register(PruneMethod(
+    name="nvit", help="NViT global structural pruning, compacted to a dense model",
+    description=__doc__.replace("\n", " ") + " Give --target-flops or --target-latency-ms with --lut.",
+    config=NViTConfig,
+    options={
+        "target_flops": "target FLOPs as a ratio of the unpruned model's, in (0, 1)",
+        "target_latency_ms": "target predicted latency in ms, instead of --target-flops (needs --lut)",
+        "lut": "latency table for the latency term (default: FLOPs stand in)",
+        "criterion": "importance criterion",
+        "eta": "weight of the latency term",
+        "temperature": "distillation temperature of the KL term to the unpruned model",
+        "prune_step": "cost removed per pruning step, as a share of the original",
+        "calib_batches": "batches per importance estimate",
+        "batch_size": "fine-tuning batch",
+        "finetune_steps": "fine-tuning steps after each pruning step",
+        "final_finetune_steps": "fine-tuning steps at the end",
+        "lr": "fine-tuning peak learning rate",
+        "round_to": "keep every dim a multiple of this; 16 if sparse24 follows",
+        "seed": "calibration sampling and fine-tuning order",
+    },
+    choices={"criterion": CRITERIA}, defaults={"target_flops": None}, run=run, summary=nvit_summary, data=TRAIN_DATA))

@@ -1,0 +1,51 @@
+"""SPViT (Kong et al.): multi-head token selectors after --selectors, a package token, and a
+computation-aware loss for --budget-flops. Training decides per image (Gumbel-softmax); the saved
+model and its export keep a static k = round(ρ_i × N) tokens per phase (top-k, no sort).
+Checkpoints go to OUT.spvit-work/ and a run resumes from them."""
+
+from __future__ import annotations
+
+from vitdeploy.models.spec import PACKAGE_MODES
+from vitdeploy.prune.registry import DataOption, PruneMethod, register
+from vitdeploy.prune.spvit_config import SPViTConfig
+from vitdeploy.prune.summaries import spvit_summary
+
+
+def run(model, config: SPViTConfig, context):
+    from vitdeploy.data import dataset_for, holdout_split
+    from vitdeploy.evaluate import evaluate
+    from vitdeploy.prune.spvit import prune_spvit
+
+    config.validate(model.spec.depth)
+    train_data, validation = holdout_split(dataset_for(model, context.data, "train", resize=context.resize),
+                                           config.val_size)
+    pruned, report = prune_spvit(model, config, train_data, validation, f"{context.out}.spvit-work",
+                                 progress=context.progress)
+    report["validation"] = f"the last {config.val_size} images of {context.data}'s train split (held out from training)"
+    if context.eval_data is not None:
+        report["test_top1"] = evaluate(pruned, context.eval_data)
+    return pruned, report
+
+
+register(PruneMethod(
+    name="spvit", help="SPViT learned multi-head token selectors, trained (static top-k at export)",
+    description=__doc__.replace("\n", " "),
+    config=SPViTConfig,
+    options={
+        "budget_flops": "FLOPs budget as a ratio of the unpruned model's, in (0, 1]",
+        "selectors": "blocks (from 1) followed by a selector, e.g. 3,6,9 (default: after ¼, ½, ¾ of the depth)",
+        "epochs": "training epochs", "batch_size": "training batch",
+        "lr_selector": "selector learning rate", "lr_backbone": "backbone learning rate",
+        "lambda_ratio": "weight of the keep-ratio loss; raise it (e.g. 10) when a short run overshoots its keep "
+                        "targets (the default is the paper's)",
+        "package": "fold each step's dropped tokens into a package token",
+        "package_mode": "add each phase's package token to the previous one, or keep both",
+        "selector_heads": "selector heads (default: the block's)",
+        "limit": "train on the first N images only",
+        "val_size": "hold out the last N train images to choose the best epoch; --eval DATA also reports the "
+                    "test split's top-1",
+        "resume": "continue from OUT.spvit-work/ when it holds a checkpoint of the same run",
+        "seed": "training order and Gumbel noise",
+    },
+    choices={"package_mode": PACKAGE_MODES}, run=run, summary=spvit_summary,
+    data=DataOption("--data", "training data (its train split): fashion-mnist or an ImageFolder directory")))

@@ -1,0 +1,99 @@
+"""The pruning-method registry: every method is one module in ``vitdeploy.prune.methods`` that
+registers a ``PruneMethod``.
+
+A method names its settings dataclass and which of its fields the command line offers (with
+their help); ``vitdeploy prune <method>`` builds its options from them. The registry stays light
+(no torch at import), so ``--help`` is fast: methods import their algorithms inside ``run``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vitdeploy.errors import VitDeployError
+
+
+@dataclass(frozen=True)
+class DataOption:
+    """The data a method reads: the flag that names it, what it is for, whether it must be given."""
+
+    flag: str
+    help: str
+    required: bool = True
+
+
+@dataclass
+class PruneContext:
+    """Everything a method's ``run`` gets besides the model and its settings."""
+
+    data: str | None
+    """The source named by the method's ``DataOption`` (fashion-mnist or an ImageFolder directory)."""
+    eval_data: Any = None
+    """A test dataset to report top-1 on, or None."""
+    out: str = ""
+    resize: bool = False
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class PruneMethod:
+    name: str
+    help: str
+    """One line for ``vitdeploy prune --help``."""
+    description: str
+    """The paragraph that opens ``vitdeploy prune NAME --help``."""
+    config: type
+    """A dataclass with a ``validate()`` that returns it; the method's settings."""
+    options: dict[str, str]
+    """Config fields offered as ``--field-name`` options → their help text."""
+    run: Callable[[Any, Any, PruneContext], tuple[Any, dict]]
+    """(model, config, context) → (pruned model, JSON-ready report); token methods share
+    ``vitdeploy.prune.methods._tokens.run_token_method``."""
+    summary: Callable[[dict, str], str]
+    """(report, output directory) → the text printed when ``--json`` is not given."""
+    data: DataOption | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+    """Config fields the method sets itself (e.g. ``method="star"`` on a shared config)."""
+    knobs: tuple[str, ...] = ()
+    """Token methods: the settings that may stand in for ``target_flops`` (exactly one is given)."""
+    plan: Callable[[Any, Any, Any, bool], tuple[Any, dict]] | None = None
+    """Token methods: (model, config, calibration images, progress) → (spec with the plan, details)."""
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Command-line defaults that differ from the config's (e.g. no target until one is given)."""
+
+    def make_config(self, values: dict[str, Any]) -> Any:
+        return self.config(**values, **self.fixed).validate()
+
+    def prune(self, model, config, context: PruneContext) -> tuple[Any, dict]:
+        return self.run(model, config, context)
+
+
+_METHODS: dict[str, PruneMethod] = {}
+
+
+def register(method: PruneMethod) -> PruneMethod:
+    if method.name in _METHODS:
+        raise ValueError(f"pruning method {method.name!r} is registered twice")
+    _METHODS[method.name] = method
+    return method
+
+
+def all_methods() -> dict[str, PruneMethod]:
+    """Every registered method, by name (importing every module in ``vitdeploy.prune.methods``)."""
+    from vitdeploy.prune import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        importlib.import_module(f"{methods.__name__}.{info.name}")
+    return dict(sorted(_METHODS.items()))
+
+
+def get_method(name: str) -> PruneMethod:
+    known = all_methods()
+    if name not in known:
+        raise VitDeployError(f"unknown pruning method {name!r}: choose one of {', '.join(known)}")
+    return known[name]

@@ -1,0 +1,54 @@
+"""Validation of every JSON file vitdeploy reads (specs, recipes, latency tables, build configs).
+
+Settings are plain dataclasses marked ``@schema``; ``parse`` validates JSON into them with
+pydantic in strict mode: wrong types, unknown keys and non-finite numbers are refused, and the
+first problem becomes one ``VitDeployError`` line naming the file and the field. Range checks
+that involve several fields stay in each dataclass's ``validate()``, which ``parse`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import pydantic
+
+from vitdeploy.errors import VitDeployError
+
+T = TypeVar("T")
+
+STRICT_JSON = pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+MAX_JSON_BYTES = 64 * 1024 * 1024
+"""Larger files are refused before parsing (a spec or recipe is a few KB, a latency table < 1 MB)."""
+
+
+def schema(cls: type[T]) -> type[T]:
+    """Mark a dataclass as read from JSON: strict types, no unknown keys, finite numbers."""
+    return pydantic.with_config(STRICT_JSON)(cls)
+
+
+def parse(cls: type[T], source: str | bytes | Any, where: str) -> T:
+    """``source`` (JSON text, or already-decoded JSON data) validated into ``cls``.
+
+    ``where`` names the input in the message (a path, or e.g. "recipe x.json: variant 2").
+    """
+    text = source if isinstance(source, (str, bytes)) else json.dumps(source)
+    if len(text) > MAX_JSON_BYTES:
+        raise VitDeployError(f"{where}: {len(text) / 2**20:.0f} MiB is too large for a vitdeploy JSON file")
+    try:
+        value = pydantic.TypeAdapter(cls).validate_json(text)
+    except pydantic.ValidationError as exc:
+        raise VitDeployError(f"{where}: {describe(exc)}") from None
+    validate = getattr(value, "validate", None)
+    return validate() if callable(validate) else value
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    """The first error of ``exc`` as 'field.path: message', with a count of the rest."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    location = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    if first["type"] == "json_invalid":
+        return f"not valid JSON: {first['msg']}{more}"
+    return f"{location or 'top level'}: {first['msg']}{more}"

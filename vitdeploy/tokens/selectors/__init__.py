@@ -1,0 +1,83 @@
+"""Token selectors: how a block's token step chooses the patch tokens that survive.
+
+Each selector is one module in this package that registers a ``TokenSelector``: which
+``TokenStep`` fields it owns and how it validates them, the state it adds to a block (buffers or
+a module), how it scores patch tokens, and what the scoring costs in MACs. The spec, the model
+and the FLOPs count hand off to it, so a new selector is one file plus its test. Modules import
+torch only inside their methods: the spec layer validates without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from vitdeploy.errors import VitDeployError
+
+STEP_FIELDS = ("positions", "alpha", "inter_scores", "adaptive_rate", "selector_heads")
+"""``TokenStep`` fields that belong to one selector each (None unless that selector is used)."""
+
+
+class TokenSelector:
+    """The protocol; subclasses override what differs. ``block`` is the model's ``Block``."""
+
+    name: str = ""
+    scored = True
+    """False when the step keeps constant positions and has no per-token scores."""
+    needs_cls_attention = False
+    """The block computes the class token's attention row for this step's scores."""
+    tracks_positions = False
+    """Scores depend on each token's original patch position, which the model then tracks."""
+    fields: tuple[str, ...] = ()
+    """The ``STEP_FIELDS`` this selector owns."""
+
+    def validate(self, step, index: int, n_in: int, spec, block_spec) -> None:
+        """Raise ``VitDeployError`` for a bad step; ``index`` counts blocks from 1."""
+
+    def attach(self, block, step, block_spec, spec) -> None:
+        """Give ``block`` the buffers or modules the scores need."""
+
+    def scores(self, block, cls_scores, positions, patches):
+        """Per-patch scores (B, N): higher keeps."""
+        raise NotImplementedError
+
+    def package_weights(self, scores):
+        """Weights of the dropped tokens in the package token (SPViT's P = Σ n_i·m_i / Σ m_i)."""
+        return scores
+
+    def gather(self, block, patches, positions):
+        """Unscored selectors: (kept patches, their positions or None)."""
+        raise NotImplementedError
+
+    def score_macs(self, spec, block_spec, tokens: int, patches: int) -> int:
+        """MACs of scoring one image's tokens: by default the class-attention row, H·N·qk."""
+        return block_spec.heads * tokens * block_spec.qk_dim if self.scored else 0
+
+
+_REGISTRY: dict[str, TokenSelector] = {}
+
+
+def register(selector_class: type[TokenSelector]) -> type[TokenSelector]:
+    if selector_class.name in _REGISTRY:
+        raise ValueError(f"token selector {selector_class.name!r} is registered twice")
+    _REGISTRY[selector_class.name] = selector_class()
+    return selector_class
+
+
+@cache
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def selector_names() -> tuple[str, ...]:
+    _load_all()
+    return tuple(sorted(_REGISTRY))
+
+
+def get_selector(name: str) -> TokenSelector:
+    _load_all()
+    if name not in _REGISTRY:
+        raise VitDeployError(f"unknown token selector {name!r}; choose one of {', '.join(selector_names())}")
+    return _REGISTRY[name]
