@@ -48,6 +48,10 @@ class Variant:
     """A static class-attention keep plan applied after the prune stages, as for ``export --keep``."""
     package: bool = False
 
+    def made_by(self) -> str | None:
+        """The prune methods and keep plan that make this variant, e.g. 'nvit + star + 2:0.7'."""
+        return " + ".join([s.method for s in self.prune] + ([self.keep] if self.keep else [])) or None
+
 
 @schema
 @dataclass
@@ -159,15 +163,16 @@ def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool) -> d
 
     recipe = prepared.recipe
     base = load_model(recipe.model)
-    names = ["baseline", *(v.name for v in recipe.variants)]
+    variants = [Variant("baseline"), *recipe.variants]
+    base_macs = total_macs(base.spec)
     _check_keep_plans(recipe, base)
     models, prune_reports = {"baseline": base}, {"baseline": []}
     for variant in tqdm(recipe.variants, desc="prune", disable=not progress or not recipe.variants):
         models[variant.name], prune_reports[variant.name] = _make_variant(
             base, variant, prepared.stages[variant.name], out / variant.name, recipe.resize, progress)
-    rows = [_export_and_eval(prepared, name, models[name], prune_reports[name], out / name, total_macs(base.spec),
-                             limit, progress)
-            for name in tqdm(names, desc="export", disable=not progress)]
+    rows = [_export_and_eval(prepared, v, models[v.name], prune_reports[v.name], out / v.name, base_macs, limit,
+                             progress)
+            for v in tqdm(variants, desc="export", disable=not progress)]
     summary = {"recipe": recipe.name, "model": recipe.model, "data": recipe.data, "split": recipe.split,
                "command": shlex.join(["vitdeploy", *sys.argv[1:]]), "environment": environment(),
                "variants": rows}
@@ -203,7 +208,7 @@ def _make_variant(base, variant: Variant, stages: list, out: Path, resize: bool,
     return model, reports
 
 
-def _export_and_eval(prepared: _Prepared, name: str, model, prune_reports: list[dict], out: Path, base_macs: int,
+def _export_and_eval(prepared: _Prepared, variant: Variant, model, prune_reports: list[dict], out: Path, base_macs: int,
                      limit, progress) -> dict:
     from vitdeploy.evaluate import EvalOptions, evaluate_model
     from vitdeploy.export.onnx import export_onnx
@@ -213,7 +218,7 @@ def _export_and_eval(prepared: _Prepared, name: str, model, prune_reports: list[
     reports = {"prune.json": {"stages": prune_reports}} if prune_reports else {}
     save_artifact(model, out / "model", reports=reports)
     export = export_onnx(model, out / "model.onnx", prepared.export).to_dict()
-    row = {"variant": name, "keep": _variant_keep(recipe, name), "tokens_per_block": model.spec.tokens_entering(),
+    row = {"variant": variant.name, "keep": variant.made_by(), "tokens_per_block": model.spec.tokens_entering(),
            "macs": export["macs"], "macs_ratio": export["macs"] / base_macs,
            "audit_passed": export["audit"]["passed"], "parity_max_abs_diff": export["parity"]["max_abs_diff"],
            "onnx": export["onnx"]}
@@ -223,12 +228,6 @@ def _export_and_eval(prepared: _Prepared, name: str, model, prune_reports: list[
         row.update(torch_top1=accuracy["torch_top1"], onnx_top1=accuracy["onnx_top1"],
                    agreement=accuracy["onnx_torch_agreement"], images=accuracy["images"])
     return row
-
-
-def _variant_keep(recipe: Recipe, name: str) -> str | None:
-    steps = [f"{s.method}" for v in recipe.variants if v.name == name for s in v.prune]
-    keep = next((v.keep for v in recipe.variants if v.name == name), None)
-    return " + ".join(steps + ([keep] if keep else [])) or None
 
 
 def _bench(stage: BenchStage, models: dict, rows: list[dict], out: Path, progress: bool) -> dict:
