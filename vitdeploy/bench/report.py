@@ -105,9 +105,13 @@ def markdown_report(result: BenchResult) -> str:
     """The whole markdown file: title, environment, config and the tables."""
     first = series_labels(result.rows)[series_key(result.rows[0])] if result.rows else None
     ratio_note = f"ratio = throughput ÷ {first}'s at the same batch." if first else "no measurements."
-    return "\n\n".join([f"# {result.title}", environment_line(result.environment),
-                        "config: `" + json.dumps(result.config, sort_keys=True) + "`",
-                        ratio_note, markdown_table(result)]) + "\n"
+    return markdown_document(result, [ratio_note, markdown_table(result)])
+
+
+def markdown_document(result: BenchResult, sections: list[str], machine_label: str = "") -> str:
+    """A result's markdown file: title, environment line and config, then ``sections``."""
+    return "\n\n".join([f"# {result.title}", machine_label + environment_line(result.environment),
+                        "config: `" + json.dumps(result.config, sort_keys=True) + "`", *sections]) + "\n"
 
 
 def environment_line(env: dict) -> str:

@@ -7,10 +7,9 @@ figure draws them against concurrency.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vitdeploy.bench.report import BenchResult, environment_line, write_result
+from vitdeploy.bench.report import BenchResult, markdown_document, write_result
 from vitdeploy.tables import format_table
 
 HEADERS = ["model", "clients", "req/s", "img/s", "p50 (ms)", "p90 (ms)", "p99 (ms)", "errors", "server batch"]
@@ -33,10 +32,8 @@ def table_row(row: dict) -> list:
 
 
 def markdown_report(result: BenchResult) -> str:
-    return "\n\n".join([f"# {result.title}", "client: " + environment_line(result.environment),
-                        "config: `" + json.dumps(result.config, sort_keys=True) + "`",
-                        "server batch = Δnv_inference_count ÷ Δnv_inference_exec_count over the level.",
-                        markdown_table(result.rows)]) + "\n"
+    return markdown_document(result, ["server batch = Δnv_inference_count ÷ Δnv_inference_exec_count over the level.",
+                                      markdown_table(result.rows)], machine_label="client: ")
 
 
 def write_load_result(result: BenchResult, out_stem: Path) -> list[Path]:
