@@ -20,7 +20,8 @@ from vitdeploy.hardware import environment
 from vitdeploy.evaluate import EvalOptions, evaluate_model
 from vitdeploy.export.onnx import ExportConfig, export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
-from vitdeploy.models.zoo import REFERENCE_MODEL, create_model
+from vitdeploy.models.architectures import REFERENCE_MODEL
+from vitdeploy.models.zoo import create_model
 from vitdeploy.pipeline import load_recipe, run_recipe, summary_table
 from vitdeploy.tables import format_table
 from vitdeploy.models.token_plan import apply_keep_plan

@@ -34,7 +34,8 @@ from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.vit import ViT
-from vitdeploy.models.zoo import REFERENCE_MODEL, load_model
+from vitdeploy.models.architectures import REFERENCE_MODEL
+from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.sparsity import preserve_24, sparsify_24, verify_24_onnx
 from vitdeploy.prune.structural import NViTConfig, NViTPruner, dims_summary, param_count
 from vitdeploy.tables import format_table

@@ -8,7 +8,8 @@ import pytest
 from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import EvalOptions, evaluate_model
 from vitdeploy.models.vit import ViT
-from vitdeploy.models.zoo import REFERENCE_MODEL, create_model, get_spec, shipped_weights_dir
+from vitdeploy.models.architectures import REFERENCE_MODEL, get_spec
+from vitdeploy.models.zoo import create_model, shipped_weights_dir
 from vitdeploy.pipeline import load_recipe, run_recipe
 from vitdeploy.train.loop import TrainConfig, train
 

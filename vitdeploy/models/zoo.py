@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.models.architectures import REFERENCE_MODEL, get_spec, model_names
+from vitdeploy.models.architectures import get_spec, model_names
 from vitdeploy.models.vit import ViT
 
 def shipped_weights_dir(name: str) -> Path | None:
