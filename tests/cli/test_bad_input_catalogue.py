@@ -424,8 +424,18 @@ def run_in_process(case: Case, cwd: Path, monkeypatch, capsys) -> tuple[int, str
     return code, capsys.readouterr().err
 
 
+# A signal row holds the command just before it moves its outputs into place, so the signal always
+# lands while the work is staged: a tiny model's export can otherwise finish between the test
+# seeing the temporary and sending the signal.
+HOLD_BEFORE_COMMIT = (
+    "import sys, time; import vitdeploy.io as io; io._replace_all = lambda *args: time.sleep(300); "
+    "from vitdeploy.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def run_subprocess(case: Case, cwd: Path) -> tuple[int, str]:
-    command = [sys.executable, "-m", "vitdeploy.cli", *case.argv.split()]
+    entry = ["-c", HOLD_BEFORE_COMMIT] if case.signal is not None else ["-m", "vitdeploy.cli"]
+    command = [sys.executable, *entry, *case.argv.split()]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
