@@ -23,7 +23,8 @@ from vitdeploy.prune.importance import magnitude_importance
 from vitdeploy.prune.nvit_config import NViTConfig
 from vitdeploy.prune.sparsity import sparsify_24
 from vitdeploy.prune.star import StarStatistics, star_spec
-from vitdeploy.prune.structural import compact, flops_cost, plan_removals
+from vitdeploy.prune.costs import flops_cost
+from vitdeploy.prune.structural import compact, plan_removals
 from vitdeploy.models.token_plan import apply_keep_plan, with_spec
 
 KEEP_PLAN = "4:0.7,7:0.7,10:0.7"

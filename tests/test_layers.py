@@ -14,7 +14,7 @@ LAYERS = {
     "backends": 5, "evaluate": 5,
     "bench": 6, "train": 6, "lut": 6, "report": 6,
     "prune": 7,
-    "serve": 8, "pipeline": 8,
+    "serve": 8, "pipeline": 8, "optimize": 8,
     "cli": 9,
 }
 

@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from tests.conftest import tiny_model, tiny_spec
+from tests.lut.synthetic import table_for_this_machine
+from vitdeploy.lut.table import save_table
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.spec import uniform_blocks
 from vitdeploy.models.vit import ViT
@@ -54,6 +56,7 @@ class Assets:
         save_artifact(tiny_model(), root / "tiny")
         save_file(deit_shaped_state(), str(root / "deit.safetensors"))
         shutil.copy(SHIPPED_TABLE, root / "table.json")
+        save_table(table_for_this_machine(tiny_spec()), root / "tiny-table.json")
 
     def put(self, name: str, w: Path, as_name: str | None = None) -> Path:
         source, target = self.root / name, w / (as_name or name)
@@ -62,6 +65,9 @@ class Assets:
 
     def table(self) -> dict:
         return json.loads((self.root / "table.json").read_text())
+
+    def tiny_table(self) -> dict:
+        return json.loads((self.root / "tiny-table.json").read_text())
 
 
 @pytest.fixture(scope="session")

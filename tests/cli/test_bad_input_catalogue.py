@@ -69,6 +69,15 @@ def table(edit: Callable[[dict], object] = lambda data: None, name: str = "t.jso
     return build
 
 
+def tiny_table(edit: Callable[[dict], object] = lambda data: None, name: str = "tt.json") -> Setup:
+    """A latency table for the tiny model ``m`` on this machine (batch 4), changed by ``edit``."""
+    def build(w: Path, assets) -> None:
+        data = assets.tiny_table()
+        edit(data)
+        (w / name).write_text(json.dumps(data))
+    return build
+
+
 def file(name: str, content: bytes | str | dict | list) -> Setup:
     def build(w: Path, assets) -> None:
         path = w / name
@@ -394,6 +403,39 @@ CASES = [
     Case("export-parity-data-missing", "data", "export m --out x.onnx --parity-data nodata", (model(),)),
     Case("train-data-missing", "data", "train --data nodata --out o --limit 8 --epochs 1"),
 
+    # latency budgets: tables that do not fit the request, budgets no model reaches
+    Case("optimize-no-budget", "option", "optimize m --lut tt.json --out o", (model(), tiny_table())),
+    Case("optimize-two-budgets", "option", "optimize m --budget-ms 5 --budget-ratio 0.5 --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-budget-ratio-above-1", "option", "optimize m --budget-ratio 1.5 --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-budget-nan", "option", "optimize m --budget-ms nan --lut tt.json --out o", (model(), tiny_table())),
+    Case("optimize-unknown-search", "option", "optimize m --budget-ms 5 --search all --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-unknown-token-method", "option", "optimize m --budget-ms 5 --tokens nvit --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-table-for-other-geometry", "latency table", "optimize m --budget-ms 5 --lut t.json --out o",
+         (model(), table())),
+    Case("optimize-table-for-other-batch", "latency table", "optimize m --budget-ms 5 --lut tt.json --batch 64 --out o",
+         (model(), tiny_table())),
+    Case("optimize-table-for-other-backend", "latency table",
+         "optimize m --budget-ms 5 --lut tt.json --backend torch --out o", (model(), tiny_table())),
+    Case("optimize-table-for-other-device", "latency table", "optimize m --budget-ms 5 --lut tt.json --out o",
+         (model(), tiny_table(lambda data: data["metadata"].update(device="Another CPU @ 9.99GHz")))),
+    Case("optimize-budget-below-reachable", "latency table", "optimize m --budget-ms 0.000001 --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-out-is-a-file", "output", "optimize m --budget-ms 5 --lut tt.json --out o",
+         (model(), tiny_table(), old_outputs("o"))),
+    Case("prune-nvit-latency-table-for-other-geometry", "latency table",
+         "prune nvit m --target-latency-ms 5 --lut t.json --calib fashion-mnist --out o", (model(), table())),
+    Case("prune-star-latency-without-table", "option",
+         "prune star m --target-latency-ms 5 --calib fashion-mnist --out o", (model(),)),
+    Case("prune-uniform-latency-unreachable", "latency table",
+         "prune uniform m --target-latency-ms 0.000001 --lut tt.json --out o", (model(), tiny_table())),
+    Case("prune-uniform-latency-table-for-other-geometry", "latency table",
+         "prune uniform m --target-latency-ms 5 --lut t.json --out o", (model(), table())),
+    Case("lut-build-for-unknown-model", "latency table", "lut build --for nothing --out tables"),
+    Case("lut-build-for-and-grid", "option", "lut build --for m --grid quick --out tables", (model(),)),
     # signals
     Case("sigterm-during-export", "signal", "export m --out x.onnx", (model(), old_outputs("x.onnx")),
          subprocess=True, signal=signal.SIGTERM),

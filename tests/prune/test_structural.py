@@ -20,13 +20,12 @@ from vitdeploy.prune.importance import (
     hessian_importance,
     magnitude_importance,
 )
+from vitdeploy.prune.costs import flops_cost, lut_latency
 from vitdeploy.prune.structural import (
     NViTConfig,
     NViTPruner,
     compact,
     compaction_error,
-    flops_cost,
-    lut_latency,
     plan_removals,
     prune_nvit,
     shrink,

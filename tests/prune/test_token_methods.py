@@ -8,16 +8,19 @@ import pytest
 import torch
 
 from tests.conftest import run_cli, tiny_model, tiny_spec
+from tests.lut.synthetic import table_for_this_machine
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.config import ExportConfig
 from vitdeploy.export.onnx import export_onnx
+from vitdeploy.lut.table import predict, save_table
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import TokenStep
 from vitdeploy.prune import patch_slimming, star
 from vitdeploy.prune.calibrate import run_blocks, trace
 from vitdeploy.prune.token_config import TokenPruneConfig
-from vitdeploy.prune.token_methods import prune_tokens, solve_for_flops
+from vitdeploy.prune.costs import flops_target
+from vitdeploy.prune.token_methods import prune_tokens, solve_knob
 from vitdeploy.tokens import select
 from vitdeploy.models.token_plan import with_spec
 
@@ -212,8 +215,27 @@ def test_unreachable_flops_target_is_a_user_error(tiny):
     def make(rate):
         return spec.with_token_plan({2: TokenStep(keep=max(1, round(rate * N)), selector="cls_attn")})
 
-    with pytest.raises(VitDeployError, match="cannot be reached"):
-        solve_for_flops(make, 0.2, total_macs(spec), (0.01, 0.99), "rate")
+    with pytest.raises(VitDeployError, match="--target-flops 0.2 cannot be reached"):
+        solve_knob(make, flops_target(0.2, spec), (0.01, 0.99), "rate")
+
+
+@pytest.mark.parametrize("method", ["uniform", "star"])
+def test_latency_target_gives_the_slowest_plan_predicted_under_it(tiny, tmp_path, method):
+    table = table_for_this_machine(tiny.spec)
+    save_table(table, tmp_path / "t.json")
+    unpruned = predict(table, tiny.spec)["total_ms"]
+    target = 0.8 * unpruned
+    config = TokenPruneConfig(method=method, target_latency_ms=target, lut=str(tmp_path / "t.json"))
+    pruned, _ = prune_tokens(tiny, config, images(8), progress=False)
+    predicted = predict(table, pruned.spec)["total_ms"]
+    assert predicted <= target * (1 + 1e-3) and predicted > 0.6 * unpruned
+
+
+def test_latency_target_with_a_table_of_another_geometry_names_the_build_command(tiny, tmp_path):
+    save_table(table_for_this_machine(tiny_spec(img_size=64)), tmp_path / "t.json")
+    config = TokenPruneConfig(method="uniform", target_latency_ms=1.0, lut=str(tmp_path / "t.json"))
+    with pytest.raises(VitDeployError, match="lut build --for tiny"):
+        prune_tokens(tiny, config, None, progress=False)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -224,6 +246,9 @@ def test_unreachable_flops_target_is_a_user_error(tiny):
     (dict(method="uniform", target_flops=1.2), "--target-flops"),
     (dict(method="star", rho=0.5, package=True), "--package"),
     (dict(method="magic", rate=0.5), "unknown token method"),
+    (dict(method="uniform", target_latency_ms=5.0), "go together"),
+    (dict(method="uniform", target_latency_ms=5.0, target_flops=0.5, lut="t.json"), "exactly one"),
+    (dict(method="uniform", target_latency_ms=-1.0, lut="t.json"), "positive"),
 ])
 def test_config_validation(fields, message):
     with pytest.raises(VitDeployError, match=message):

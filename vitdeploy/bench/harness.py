@@ -117,11 +117,14 @@ def time_engine(engine: Engine, name: str, batch: np.ndarray, plan: TimingPlan |
     return Measurement(name, len(batch), latencies, engine.metadata())
 
 
-def time_interleaved(engines: dict[str, Engine], batch: np.ndarray, plan: TimingPlan | None = None,
+def time_interleaved(engines: dict[str, Engine], batch: np.ndarray | dict[str, np.ndarray],
+                     plan: TimingPlan | None = None,
                      on_round: Callable[[int], None] | None = None) -> dict[str, Measurement]:
-    """Time several engines on the same batch in rotating rounds; one Measurement each."""
+    """Time several engines in rotating rounds, on the same batch or on one batch each (a dict by
+    engine name); one Measurement each."""
     plan = (plan or TimingPlan()).validate()
-    staged = {name: engine.stage(batch) for name, engine in engines.items()}
+    batches = batch if isinstance(batch, dict) else {name: batch for name in engines}
+    staged = {name: engine.stage(batches[name]) for name, engine in engines.items()}
     timers = {name: run_timer(engine) for name, engine in engines.items()}
     for name in engines:
         for _ in range(plan.warmup):
@@ -134,7 +137,7 @@ def time_interleaved(engines: dict[str, Engine], batch: np.ndarray, plan: Timing
             latencies[name].extend(timers[name](staged[name]) for _ in range(per_round))
         if on_round:
             on_round(round_index)
-    return {name: Measurement(name, len(batch), latencies[name], engines[name].metadata()) for name in engines}
+    return {name: Measurement(name, len(batches[name]), latencies[name], engines[name].metadata()) for name in engines}
 
 
 def _rotated(items: list, shift: int) -> Iterable:

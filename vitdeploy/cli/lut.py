@@ -2,29 +2,63 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
 
-from vitdeploy.cli._common import load_model_arg, model_arguments, print_json_or
-from vitdeploy.cli._options import batch_size, threads_count
+from vitdeploy.cli._common import (
+    MODEL_HELP, checkpoint_arguments, load_model_arg, load_model_from, model_arguments, print_json_or,
+)
+from vitdeploy.cli._options import batch_size, positive_int, threads_count, whole_number_in
+from vitdeploy.errors import VitDeployError
+
+DEFAULT_GRID = "cpu-small"
+DEFAULT_CALIBRATION_MODELS = 8
+BUILD_EXAMPLES = """\
+examples:
+  # fmnist_vit and every model NViT pruning (--round-to 8) reaches from it, calibrated on fmnist_vit and
+  # 8 random pruned variants timed whole; writes latency_tables/DEVICE-onnxruntime-fp32-fmnist_vit-b64.json
+  vitdeploy lut build --for fmnist_vit --batch 64 --threads 2
+  vitdeploy lut build --for out/nvit --backend tensorrt --device cuda --batch 32 --calibrate 0
+  # the generic DeiT-S-sized table, latency_tables/DEVICE-onnxruntime-fp32.json
+  vitdeploy lut build --grid cpu-small --batch 8
+  vitdeploy lut predict latency_tables/amd-epyc-onnxruntime-fp32.json deit_small_patch16_224 --keep 4:0.7"""
 
 
 def register(sub) -> None:
     p = sub.add_parser("lut", help="latency lookup tables: build, show, predict, refresh",
                        description="Latency lookup tables hold measured latencies of block parts over a grid of "
                                    "(tokens, embed, heads×qk, heads×v, mlp) for one device, backend, precision and "
-                                   "batch. Latency-aware pruning reads them; `predict` interpolates any spec.")
+                                   "batch. Latency-aware pruning reads them; `predict` interpolates any spec. "
+                                   "`build --for MODEL` derives the grid from MODEL and calibrates the table on it.",
+                       epilog=BUILD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     lut = p.add_subparsers(dest="lut_command", required=True, metavar="ACTION")
-    build = lut.add_parser("build", help="profile a grid on a backend and write the table")
+    build = lut.add_parser("build", help="profile a grid on a backend and write the table",
+                           description="Time the block parts on a grid through a backend and write the table. "
+                                       "With --for MODEL the grid spans MODEL's own dims down to the smallest "
+                                       "that NViT pruning reaches, and the table is calibrated on MODEL and "
+                                       "random pruned variants of it, timed whole.",
+                           epilog=BUILD_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("--backend", default="onnxruntime", help="default: %(default)s")
     build.add_argument("--batch", type=batch_size, default=8, help="default: %(default)s")
     build.add_argument("--threads", type=threads_count, default=2, help="CPU threads (default: %(default)s)")
     build.add_argument("--precision", default="fp32", help="default: %(default)s")
     build.add_argument("--device", default="cpu", help="default: %(default)s")
-    build.add_argument("--grid", default="cpu-small", help="cpu-small or quick (default: %(default)s)")
+    source = build.add_mutually_exclusive_group()
+    source.add_argument("--grid", help=f"a fixed grid: cpu-small or quick (default: {DEFAULT_GRID})")
+    source.add_argument("--for", dest="for_model", metavar="MODEL",
+                        help="derive the grid from MODEL and calibrate on it: " + MODEL_HELP)
+    checkpoint_arguments(build)
+    build.add_argument("--round-to", type=positive_int, metavar="N",
+                       help="with --for: the channel multiple pruning keeps, which sets the grid's smallest widths "
+                            "(default: 8, NViT's)")
+    build.add_argument("--calibrate", type=whole_number_in(0), metavar="N",
+                       help=f"with --for: fit the table to MODEL and N random pruned variants timed whole; 0: no "
+                            f"calibration (default: {DEFAULT_CALIBRATION_MODELS})")
     build.add_argument("--out", default="latency_tables",
-                       help="directory; the file is named DEVICE-BACKEND-PRECISION.json (default: %(default)s)")
+                       help="directory; the file is named DEVICE-BACKEND-PRECISION.json, with --for "
+                            "DEVICE-BACKEND-PRECISION-MODEL-bBATCH.json (default: %(default)s)")
     build.set_defaults(run=_run_lut_build)
     show = lut.add_parser("show", help="print a table's metadata and grid")
     show.add_argument("table", metavar="TABLE.json")
@@ -42,16 +76,44 @@ def register(sub) -> None:
 
 def _run_lut_build(args) -> None:
     from vitdeploy.backends import BuildConfig
-    from vitdeploy.lut import build_table, default_grid, save_table, table_path
+    from vitdeploy.lut import build_table, build_table_for, default_grid, save_table, table_path
 
+    _check_build_options(args)
     config = BuildConfig(precision=args.precision, device=args.device, batch_sizes=(args.batch,),
                          threads=args.threads).validate()
-    table = build_table(args.backend, config, default_grid(args.grid), device_batch=args.batch,
-                        command=shlex.join(["vitdeploy", *sys.argv[1:]]),
-                        progress=sys.stderr.isatty())
-    path = table_path(table.metadata, args.out)
+    command, progress = shlex.join(["vitdeploy", *sys.argv[1:]]), sys.stderr.isatty()
+    if args.for_model:
+        spec = load_model_from(args, args.for_model).spec
+        calibration_models = DEFAULT_CALIBRATION_MODELS if args.calibrate is None else args.calibrate
+        table = build_table_for(spec, args.backend, config, args.batch, args.round_to or 8, calibration_models,
+                                progress, command)
+    else:
+        spec = None
+        table = build_table(args.backend, config, default_grid(args.grid or DEFAULT_GRID), device_batch=args.batch,
+                            command=command, progress=progress)
+    path = table_path(table.metadata, args.out, model=spec.name if spec else None)
     save_table(table, path)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KB)")
+    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KB)" + (f"; {_calibration_text(table.calibration)}"
+                                                                   if table.calibration else ""))
+
+
+def _check_build_options(args) -> None:
+    """Options that only a build --for uses."""
+    if args.for_model:
+        return
+    given = [flag for flag, value in (("--round-to", args.round_to), ("--calibrate", args.calibrate),
+                                      ("--arch", args.arch), ("--model-arg", args.model_args)) if value is not None]
+    if given:
+        raise VitDeployError(f"{given[0]} applies only with --for MODEL (a table derived from and calibrated on MODEL)")
+
+
+def _calibration_text(calibration) -> str:
+    loo = "" if calibration.mape_loo_pct is None else f", leave-one-out {calibration.mape_loo_pct:.1f}%"
+    fit = (f" over {calibration.models} whole models (MAPE {calibration.mape_before_pct:.1f}% → "
+           f"{calibration.mape_after_pct:.1f}%{loo})" if calibration.models else " (set by hand)")
+    sign = "+" if calibration.offset_ms >= 0 else "−"
+    return (f"calibration: measured ≈ {calibration.scale:.4g}·predicted {sign} {abs(calibration.offset_ms):.4g} ms"
+            f"{fit}")
 
 
 def _run_lut_show(args) -> None:
@@ -59,20 +121,25 @@ def _run_lut_show(args) -> None:
 
     from vitdeploy.lut import load_table
 
-    meta = asdict(load_table(args.table).metadata)
+    table = load_table(args.table)
+    meta = asdict(table.metadata)
     text = "\n".join(f"{key}: {json.dumps(meta[key])}" for key in
                      ("device", "backend", "precision", "batch", "threads", "created", "build_command", "grid"))
-    print_json_or(args, meta, text)
+    text += "\n" + (_calibration_text(table.calibration) if table.calibration else "calibration: none")
+    calibration = asdict(table.calibration) if table.calibration else None
+    print_json_or(args, {**meta, "calibration": calibration}, text)
 
 
 def _run_lut_predict(args) -> None:
     from vitdeploy.lut import load_table, predict
     from vitdeploy.tables import format_table
 
-    result = predict(load_table(args.table), load_model_arg(args).spec)
-    rows = [[b["block"], b["tokens"], f"{b['ms']:.3f}"] for b in result["blocks"]]
-    text = (format_table(["block", "tokens in", "ms"], rows) + f"\n\npredicted total {result['total_ms']:.2f} ms "
-            f"(fixed parts {result['fixed_ms']:.2f} ms)"
+    table = load_table(args.table)
+    result = predict(table, load_model_arg(args).spec)
+    rows = [[b["block"], b["tokens"], b["mlp_tokens"], f"{b['ms']:.3f}"] for b in result["blocks"]]
+    raw = f"; sum of parts {result['raw_ms']:.2f} ms before calibration" if table.calibration else ""
+    text = (format_table(["block", "tokens in", "MLP tokens", "ms"], rows)
+            + f"\n\npredicted total {result['total_ms']:.2f} ms (fixed parts {result['fixed_ms']:.2f} ms{raw})"
             + (f"; extrapolated: {', '.join(result['extrapolated'])}" if result["extrapolated"] else ""))
     print_json_or(args, result, text)
 

@@ -52,14 +52,16 @@ class KeyTranspose(pattern.RewriteRuleClassBase):
 
     def check(self, context, key, flat, keys_t, **_) -> pattern.MatchResult:
         """Exact when the first reshape merges the two leading axes and the second splits them back:
-        with the trailing dims static and as below, element counts fix the leading dim of each."""
+        with the head count and width static and the token axis the same (a number or one named dim)
+        throughout, element counts fix the leading dim of each."""
         result = pattern.MatchResult()
         key_dims, flat_dims, out_dims = _dims(key), _dims(flat), _dims(keys_t)
         if key_dims is None or flat_dims is None or out_dims is None or len(key_dims) != 4 or len(out_dims) != 4:
             return result.fail("shapes unknown, or key or result not 4-D")
         _, heads, tokens, width = key_dims
-        if not all(isinstance(d, int) for d in (heads, tokens, width)):
-            return result.fail("heads, tokens and head width must be static")
+        if not all(isinstance(d, int) for d in (heads, width)) or tokens is None:
+            return result.fail("heads and head width must be static and the token axis known (a number or "
+                               "a named dim)")
         if flat_dims[1:] != [tokens, width] or out_dims[1:] != [heads, width, tokens]:
             return result.fail("the reshapes do more than merge and split the two leading axes")
         return result

@@ -7,11 +7,25 @@ A part becomes an engine through the chosen backend (ONNX backends get a small s
 ONNX graph, the torch backend the module itself) and is timed with the shared harness at the
 table's batch size; the table stores the median.
 
+Part graphs are exported as whole models are (``export/onnx.py``): at the exporter's default
+opset, then through ``export.fuse`` for the backend's target, so they are timed as the graphs
+users deploy run.
+
 The attention and MLP parts are exported with a dynamic token axis, so one engine serves every
 token count on the grid: this cuts the number of exports (the slow step on CPU) by the length of
 the token axis. TensorRT engines take only a dynamic batch axis, so there each token count gets
-its own static engine (``STATIC_SHAPE_BACKENDS``). Differences (head-count correction, token step) are timed interleaved
-(``time_interleaved``), so that drift hits both sides of the subtraction alike.
+its own static engine (``STATIC_SHAPE_BACKENDS``).
+
+Every measurement is timed interleaved (``time_interleaved``) with one fixed reference part and
+stored relative to it, then scaled by the reference's median over the whole build. On a shared
+CPU the machine runs at half speed for seconds at a time (measured here: one part went from 1.6
+to 3.8 ms for ten seconds); without the reference, a point measured in such a spell is off by 2×,
+with it both slow down alike. Differences (head-count correction, token step) are timed in one
+interleaved run as well, so drift hits both sides of the subtraction alike.
+
+``grid_for`` derives a grid from one model: its own dims down to the smallest that structural
+pruning reaches, so a pruner never leaves the grid. ``calibrate_table`` then times that model and
+random pruned variants of it whole, and fits the table's ``Calibration`` to them.
 """
 
 from __future__ import annotations
@@ -34,22 +48,29 @@ from tqdm import tqdm
 
 from vitdeploy.backends import Backend, BuildConfig, Engine, ModelSource, get_backend
 from vitdeploy.hardware import environment
-from vitdeploy.bench.harness import TimingPlan, random_batch, time_engine, time_interleaved
+from vitdeploy.bench.harness import TimingPlan, random_batch, time_interleaved
 from vitdeploy.errors import VitDeployError
+from vitdeploy.export import fuse
+from vitdeploy.export.config import ExportConfig
 from vitdeploy.export.onnx import quiet_exporter
+from vitdeploy.lut.measure import build_config_of, measure_models
 from vitdeploy.lut.table import (
-    PART_AXES, LatencyTable, PartTable, StemGeometry, TableMetadata, load_table, predict, save_table,
+    PART_AXES, LatencyTable, PartTable, StemGeometry, TableMetadata, fit_calibration, load_table, predict, save_table,
 )
 from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
 from vitdeploy.models.vit import Attention, Block, Mlp, ViT
 
-OPSET = 18
+OPSET = ExportConfig().opset
+"""Part graphs use the whole-model exporter's default opset (20: GELU is one ``Gelu`` op)."""
 BUILD_PLAN = TimingPlan(warmup=3, iters=15, rounds=3)
 """Default timing for table builds: medians of 15 runs (the cpu-small grid then builds in ~4 minutes)."""
 PROBE_DIM = 8
+"""Per-head and MLP width of the small block that the token-step difference is measured on."""
 STATIC_SHAPE_BACKENDS = ("tensorrt",)
 """Backends whose engines allow only a dynamic batch axis: parts get one engine per token count."""
-"""Per-head and MLP width of the small block that the token-step difference is measured on."""
+GRID_FOR_TOKENS = 5
+GRID_FOR_WIDTHS = 4
+"""Values per axis of ``grid_for``'s grids: tokens spaced evenly, widths geometrically."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +161,67 @@ def default_grid(kind: str) -> Grid:
     return GRIDS[kind].validate()
 
 
+def grid_for(spec: ViTSpec, round_to: int = 8) -> Grid:
+    """A grid named ``for-<spec.name>`` covering ``spec`` and every model that structural pruning
+    of it with ``round_to`` reaches, so that predictions for them never extrapolate.
+
+    Tokens run from 3 (class token + 2 patches) to the model's count, widths from the pruned
+    minimum to the model's largest block. The minimums are those of ``prune.structural``'s
+    ``smallest_spec`` (a layer above this one): one head, and ``round_to`` channels in every
+    other dim (a dim already below ``round_to`` stays as it is).
+    """
+    if round_to < 1:
+        raise VitDeployError(f"round_to must be at least 1, got {round_to}")
+    tokens = spec.num_patches + spec.num_prefix_tokens
+    if tokens < 3:
+        raise VitDeployError(f"{spec.name} has {tokens} tokens; latency tables need at least 3 (class token + "
+                             "2 patches): use a smaller patch size")
+    blocks, embed = spec.blocks, spec.embed_dim
+    reference = max(b.heads for b in blocks)
+    heads, probe_width = _heads_axis(reference, embed)
+
+    def widths(per_head: Callable[[BlockSpec], int]) -> tuple[int, ...]:
+        """Total widths H·d, multiples of ``reference`` (the build splits them into that many heads)
+        around the range: the smallest (one head) rounded down, the largest up. A smallest width
+        below ``reference`` cannot be measured (e.g. one head of 8 with 12 reference heads): such
+        blocks extrapolate, linearly, as the widths' MACs are."""
+        low = max(reference, min(min(per_head(b), round_to) for b in blocks) // reference * reference)
+        high = -(-max(b.heads * per_head(b) for b in blocks) // reference) * reference
+        return _span(low, high, reference)
+
+    return Grid(
+        name=f"for-{spec.name}",
+        tokens=tuple(sorted({round(n) for n in np.linspace(3, tokens, GRID_FOR_TOKENS)})),
+        embed=_span(min(embed, round_to), embed, round_to),
+        qk_width=widths(lambda b: b.qk_dim),
+        v_width=widths(lambda b: b.v_dim),
+        mlp=_span(min(min(b.mlp_dim, round_to) for b in blocks), max(b.mlp_dim for b in blocks), round_to),
+        heads=heads,
+        reference_heads=reference,
+        probe_width=probe_width,
+        stem=StemGeometry.of(spec),
+    ).validate()
+
+
+def _span(low: int, high: int, multiple: int, count: int = GRID_FOR_WIDTHS) -> tuple[int, ...]:
+    """Up to ``count`` values from ``low`` to ``high`` (both kept), spaced geometrically, so densest
+    at small widths where kernels lose efficiency; the inner ones rounded to multiples of ``multiple``."""
+    inner = {multiple * round(low * (high / low) ** (k / (count - 1)) / multiple) for k in range(1, count - 1)}
+    return tuple(sorted({low, high} | {v for v in inner if low < v < high}))
+
+
+def _heads_axis(max_heads: int, embed: int) -> tuple[tuple[int, ...], int]:
+    """Head counts from 1 to ``max_heads`` and a probe width that all of them divide: the multiple
+    of their lcm nearest ``embed``. Counts that would push the lcm past ``embed`` are left out
+    (1 and ``max_heads`` never are); the heads correction is interpolated between the rest."""
+    heads, lcm = [1, max_heads], max_heads
+    for h in range(2, max_heads):
+        if math.lcm(lcm, h) <= max(embed, max_heads):
+            heads.append(h)
+            lcm = math.lcm(lcm, h)
+    return tuple(sorted(set(heads))), lcm * max(1, round(embed / lcm))
+
+
 def empty_parts(grid: Grid) -> dict[str, PartTable]:
     """Every part of a table shaped by ``grid``, all values NaN, for a build to fill in."""
     axes = {
@@ -171,12 +253,15 @@ def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: Timin
     with tempfile.TemporaryDirectory(prefix="vitdeploy-lut-") as work, \
             tqdm(total=grid.timing_count(), desc=f"latency table {grid.name}", disable=not progress) as bar:
         profiler = _Profiler(backend, config, plan, device_batch, Path(work), bar, expected_device)
+        profiler.use_reference(grid)
         parts = empty_parts(grid)
         _measure_attention(profiler, grid, parts["attention"])
         _measure_heads(profiler, grid, parts["heads"])
         _measure_mlp(profiler, grid, parts["mlp"])
         _measure_token_step(profiler, grid, parts["token_step"])
         _measure_fixed(profiler, grid, parts["fixed"])
+        for part in parts.values():
+            part.ms *= profiler.reference_ms
     metadata = TableMetadata(
         device=profiler.device_name, backend=backend_name, precision=config.precision, batch=device_batch,
         threads=config.threads, environment=_environment(config),
@@ -187,6 +272,18 @@ def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: Timin
     return LatencyTable(metadata, grid.reference_heads, grid.stem, **parts)
 
 
+def build_table_for(spec: ViTSpec, backend_name: str, build_config: BuildConfig, batch: int, round_to: int = 8,
+                    calibration_models: int = 8, progress: bool = True, command: str = "") -> LatencyTable:
+    """A table on ``grid_for(spec)``, calibrated on ``spec`` and ``calibration_models`` random pruned
+    variants of it timed whole (0: not calibrated)."""
+    table = build_table(backend_name, build_config, grid_for(spec, round_to), device_batch=batch, progress=progress,
+                        command=command)
+    if not calibration_models:
+        return table
+    base = spec.static_counterpart() if spec.adaptive else spec
+    return calibrate_table(table, [base, *random_pruned_specs(base, calibration_models, seed=0)], progress=progress)
+
+
 def refresh_table(path: str | Path, timing_plan: TimingPlan | None = None, progress: bool = True) -> LatencyTable:
     """Re-measure the table at ``path`` with its own grid, backend, build config and batch.
 
@@ -194,12 +291,27 @@ def refresh_table(path: str | Path, timing_plan: TimingPlan | None = None, progr
     """
     old = load_table(path)
     meta = old.metadata
-    config = BuildConfig(**{**meta.build_config, "batch_sizes": tuple(meta.build_config["batch_sizes"])})
     plan = timing_plan or TimingPlan(**meta.timing_plan)
-    new = _build(meta.backend, config, Grid.from_dict(meta.grid), plan, meta.batch, progress, meta.build_command,
-                 meta.device)
+    new = _build(meta.backend, build_config_of(meta), Grid.from_dict(meta.grid), plan, meta.batch, progress,
+                 meta.build_command, meta.device)
+    new = replace(new, calibration=old.calibration)
     save_table(new, path)
     return new
+
+
+def calibrate_table(table: LatencyTable, specs: Sequence[ViTSpec], plan: TimingPlan | None = None,
+                    progress: bool = True) -> LatencyTable:
+    """A copy of ``table`` calibrated on whole models built from ``specs`` (at least 2), each
+    timed with the table's own backend, build config, batch and (by default) timing plan.
+
+    The fit maps the plain sum of parts (``raw_ms``) to the measurements; ``calibration`` holds
+    it with its errors before, after and leave-one-out.
+    """
+    uncalibrated = replace(table, calibration=None)
+    predicted = [predict(uncalibrated, spec)["raw_ms"] for spec in specs]
+    meta = table.metadata
+    measured = _measure_specs(specs, meta, plan or TimingPlan(**meta.timing_plan), progress=progress)
+    return replace(table, calibration=fit_calibration(predicted, measured))
 
 
 def evaluate_table(table: LatencyTable, specs: Sequence[ViTSpec], backend: str, build_config: BuildConfig,
@@ -213,19 +325,21 @@ def evaluate_table(table: LatencyTable, specs: Sequence[ViTSpec], backend: str, 
     if backend != meta.backend or build_config.precision != meta.precision:
         raise VitDeployError(f"the table is for {meta.backend} {meta.precision}; evaluate it with that backend "
                              "and precision")
-    engine_backend = get_backend(backend)
-    config = replace(build_config, batch_sizes=(meta.batch,)).validate()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="vitdeploy-lut-eval-") as work:
-        for spec in specs:
-            source = ModelSource(spec.name, work, model=ViT(spec).eval())
-            engine = engine_backend.build(source, config)
-            measured = time_engine(engine, spec.name, random_batch(meta.batch, source.input_shape()), plan).median_ms
-            predicted = predict(table, spec)
-            rows.append({"name": spec.name, "predicted_ms": predicted["total_ms"], "measured_ms": measured,
-                         "error_pct": 100 * (predicted["total_ms"] - measured) / measured,
-                         "extrapolated": predicted["extrapolated"]})
+    for spec, measured in zip(specs, _measure_specs(specs, meta, plan, build_config)):
+        predicted = predict(table, spec)
+        rows.append({"name": spec.name, "predicted_ms": predicted["total_ms"], "measured_ms": measured,
+                     "error_pct": 100 * (predicted["total_ms"] - measured) / measured,
+                     "extrapolated": predicted["extrapolated"]})
     return {"key": list(table.key), "models": rows, "mape_pct": float(np.mean([abs(r["error_pct"]) for r in rows]))}
+
+
+def _measure_specs(specs: Sequence[ViTSpec], metadata: TableMetadata, plan: TimingPlan | None,
+                   config: BuildConfig | None = None, progress: bool = False) -> list[float]:
+    """Median latency (ms) at the table's batch of a ``ViT`` (random weights) built from each spec,
+    all timed interleaved."""
+    models = {f"{i}-{spec.name}": ViT(spec).eval() for i, spec in enumerate(specs)}
+    return list(measure_models(models, metadata, plan, config, progress).values())
 
 
 def random_pruned_specs(base_spec: ViTSpec, n: int, seed: int = 0) -> list[ViTSpec]:
@@ -312,28 +426,37 @@ class _PartSource(ModelSource):
     """
 
     def __init__(self, module: nn.Module, name: str, work_dir: Path, example: tuple[int, int, int],
-                 dynamic_tokens: bool):
+                 dynamic_tokens: bool, target: str):
         super().__init__(name, work_dir, model=module.eval())
-        self.example, self.dynamic_tokens = example, dynamic_tokens
+        self.example, self.dynamic_tokens, self.target = example, dynamic_tokens, target
         self._part_onnx: Path | None = None
 
     def onnx_path(self) -> Path:
         if self._part_onnx is None:
             self._part_onnx = self.work_dir / f"{self.name}.onnx"
-            _export_part(self.torch_model(), self._part_onnx, self.example, self.dynamic_tokens)
+            export_part(self.torch_model(), self._part_onnx, self.example, self.dynamic_tokens, self.target)
         return self._part_onnx
 
     def input_shape(self) -> tuple[int, int]:
         return self.example[1:]
 
 
-def _export_part(module: nn.Module, path: Path, example: tuple[int, int, int], dynamic_tokens: bool) -> None:
+def export_target(backend_name: str) -> str:
+    """The ``fuse`` target whose passes suit a backend's runtime."""
+    return "tensorrt" if backend_name == "tensorrt" else "onnxruntime"
+
+
+def export_part(module: nn.Module, path: Path, example: tuple[int, int, int], dynamic_tokens: bool = False,
+                target: str = "onnxruntime") -> fuse.FusionReport:
+    """Export one part, input (batch, tokens, embed) shaped like ``example``, as the whole-model
+    exporter writes models: opset ``OPSET``, then ``fuse.fuse`` for ``target``."""
     dynamic_shapes = ({1: torch.export.Dim("tokens", min=2)},) if dynamic_tokens else None
     with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(module, (torch.zeros(example),), dynamo=True, opset_version=OPSET,
                                     input_names=["input"], output_names=["output"],
                                     dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
     program.save(str(path))
+    return fuse.fuse(path, target, OPSET)
 
 
 class _Profiler:
@@ -356,7 +479,8 @@ class _Profiler:
         return engine
 
     def part_engine(self, module: nn.Module, name: str, tokens: int, embed: int, dynamic_tokens: bool) -> Engine:
-        return self.engine(_PartSource(module, name, self.work_dir, (self.batch, tokens, embed), dynamic_tokens))
+        return self.engine(_PartSource(module, name, self.work_dir, (self.batch, tokens, embed), dynamic_tokens,
+                                       export_target(self.backend.name)))
 
     def engines_by_tokens(self, module: nn.Module, name: str, token_counts: Sequence[int],
                           embed: int) -> Iterator[tuple[int, Engine]]:
@@ -370,15 +494,37 @@ class _Profiler:
         for tokens in token_counts:
             yield tokens, engine
 
+    def use_reference(self, grid: Grid) -> None:
+        """Time every later measurement interleaved with a fixed reference part (the grid's largest
+        MLP part), and record it relative to the reference (see ``reference_ms``)."""
+        tokens, embed = max(grid.tokens), max(grid.embed)
+        self.reference = self.part_engine(_MlpPart(embed, max(grid.mlp)), "reference", tokens, embed,
+                                          dynamic_tokens=False)
+        self.reference_shape = (tokens, embed)
+        self.reference_medians: list[float] = []
+
+    @property
+    def reference_ms(self) -> float:
+        """The reference's median over the whole build: what one relative unit is in ms."""
+        return float(np.median(self.reference_medians))
+
     def median_ms(self, engine: Engine, name: str, input_shape: tuple[int, ...]) -> float:
-        measurement = time_engine(engine, name, random_batch(self.batch, input_shape), self.plan)
-        self.bar.update()
-        return measurement.median_ms
+        return self.medians_interleaved({name: engine}, input_shape)[name]
 
     def medians_interleaved(self, engines: dict[str, Engine], input_shape: tuple[int, ...]) -> dict[str, float]:
-        measurements = time_interleaved(engines, random_batch(self.batch, input_shape), self.plan)
+        """Medians of ``engines`` on one input shape, timed interleaved with the reference, each
+        divided by the reference's median of the same run: a machine that slows down for a while
+        (on a shared CPU, whole seconds at half speed) slows both alike, and the ratio stays."""
+        batches = {name: random_batch(self.batch, input_shape) for name in engines}
+        batches[_REFERENCE] = random_batch(self.batch, self.reference_shape)
+        measurements = time_interleaved({**engines, _REFERENCE: self.reference}, batches, self.plan)
+        reference = measurements.pop(_REFERENCE).median_ms
+        self.reference_medians.append(reference)
         self.bar.update()
-        return {name: m.median_ms for name, m in measurements.items()}
+        return {name: m.median_ms / reference for name, m in measurements.items()}
+
+
+_REFERENCE = "reference part"
 
 
 def _measure_over_tokens(profiler: _Profiler, grid: Grid, part: PartTable, name: str,
@@ -462,4 +608,4 @@ def _environment(config: BuildConfig) -> dict[str, Any]:
     for name in ("onnx", "vitdeploy"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-    return {**environment(config.threads), **versions}
+    return {**environment(config.threads), **versions, "part_onnx_opset": OPSET}

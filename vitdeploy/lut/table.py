@@ -30,6 +30,16 @@ Parts (each a ``PartTable``):
 - ``fixed`` over (embed D): patch embedding, class/distillation tokens, position embedding, final
   norm and classifier head(s) for one input geometry (``StemGeometry``).
 
+The last block of a non-distilled model runs its MLP on the class token alone: the exporter's
+``token_gather_first`` pass moves the head's class-token gather above it (``export/fuse.py``).
+``predict`` evaluates that MLP at one token, below the grid's token axis, by linear extrapolation
+from the edge interval: exact for the MLP's MACs (linear in N), so it is not flagged.
+
+A table may carry a ``Calibration``: ``measured ≈ scale·predicted + offset_ms``, fitted by least
+squares on whole models measured right after the parts (``vitdeploy lut build --for MODEL``). It
+absorbs what the sum of parts misses (graph-level fusion across parts, cache effects). Tables
+without one predict the plain sum.
+
 Values are stored rounded to 4 significant digits, flattened in C order (last axis fastest).
 """
 
@@ -38,13 +48,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import re
+import shlex
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from vitdeploy.hardware import device_slug
+from vitdeploy.hardware import device_name, device_slug
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_json_atomic
 from vitdeploy.models.spec import ViTSpec
@@ -72,17 +84,18 @@ class PartTable:
     axes: dict[str, list[float]]
     ms: np.ndarray
 
-    def interpolate(self, point: Mapping[str, float]) -> tuple[float, list[str]]:
+    def interpolate(self, point: Mapping[str, float], exact_axes: Collection[str] = ()) -> tuple[float, list[str]]:
         """Multilinear interpolation at ``point``; also the axes it had to extrapolate along.
 
         Beyond the grid, each axis is extended linearly from its edge interval (an axis with a
-        single value is constant), and the position is reported as extrapolated.
+        single value is constant), and the position is reported as extrapolated, except along
+        ``exact_axes``, where the caller knows the part to be linear.
         """
         located, outside = [], []
         for name, values in self.axes.items():
             x = float(point[name])
             located.append(_locate(values, x))
-            if not values[0] <= x <= values[-1]:
+            if not values[0] <= x <= values[-1] and name not in exact_axes:
                 outside.append(f"{name}={x:g} outside [{values[0]:g}, {values[-1]:g}]")
         value = 0.0
         for corner in itertools.product((0, 1), repeat=len(located)):
@@ -155,6 +168,68 @@ class TableMetadata:
 
 
 @schema
+@dataclass(frozen=True)
+class Calibration:
+    """``measured ≈ scale·predicted + offset_ms`` for whole models, and how well it fits."""
+
+    scale: float
+    offset_ms: float
+    models: int
+    """How many whole models the fit was made on (0: set by hand, e.g. ``rescaled`` on a table without one)."""
+    mape_before_pct: float | None = None
+    """Mean absolute percentage error of the plain sum of parts on those models."""
+    mape_after_pct: float | None = None
+    """The same after calibration (in-sample)."""
+    mape_loo_pct: float | None = None
+    """Leave-one-out: each model predicted by a fit on the others (needs at least 3 models)."""
+
+    def apply(self, raw_ms: float, include_fixed: bool) -> float:
+        """Calibrated whole-model latency; blocks only (no fixed part) take the scale alone."""
+        return self.scale * raw_ms + (self.offset_ms if include_fixed else 0.0)
+
+
+IDENTITY = Calibration(scale=1.0, offset_ms=0.0, models=0)
+"""What a table without a calibration predicts with."""
+
+
+def fit_calibration(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> Calibration:
+    """Least-squares ``measured ≈ scale·predicted + offset_ms`` over whole models (at least 2).
+
+    When the affine fit's scale is not positive (noisy timings of nearly equal models), the fit
+    falls back to ``measured ≈ scale·predicted``, whose scale is positive for positive latencies.
+    """
+    predicted, measured = np.asarray(predicted_ms, dtype=float), np.asarray(measured_ms, dtype=float)
+    if len(predicted) < 2 or len(predicted) != len(measured):
+        raise VitDeployError(f"a calibration needs at least 2 models with a prediction and a measurement each, "
+                             f"got {len(predicted)} and {len(measured)}")
+    scale, offset = _fit_line(predicted, measured)
+    return Calibration(scale=scale, offset_ms=offset, models=len(predicted),
+                       mape_before_pct=_mape(predicted, measured),
+                       mape_after_pct=_mape(scale * predicted + offset, measured),
+                       mape_loo_pct=_leave_one_out_mape(predicted, measured) if len(predicted) >= 3 else None)
+
+
+def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    (scale, offset), *_ = np.linalg.lstsq(np.stack([x, np.ones_like(x)], axis=1), y, rcond=None)
+    if scale > 0 and math.isfinite(offset):
+        return float(scale), float(offset)
+    return float(np.dot(x, y) / np.dot(x, x)), 0.0
+
+
+def _leave_one_out_mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """MAPE of each model's calibrated prediction from a fit on all the other models."""
+    held_out = []
+    for i in range(len(predicted)):
+        scale, offset = _fit_line(np.delete(predicted, i), np.delete(measured, i))
+        held_out.append(scale * predicted[i] + offset)
+    return _mape(np.asarray(held_out), measured)
+
+
+def _mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    return 100 * float(np.mean(np.abs(predicted - measured) / measured))
+
+
+@schema
 @dataclass
 class _PartFile:
     axes: dict[str, list[float]]
@@ -175,6 +250,7 @@ class _TableFile:
     heads: _PartFile
     mlp: _PartFile
     token_step: _PartFile
+    calibration: Calibration | None = None
 
 
 @dataclass
@@ -187,6 +263,7 @@ class LatencyTable:
     heads: PartTable
     mlp: PartTable
     token_step: PartTable
+    calibration: Calibration | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -196,10 +273,20 @@ class LatencyTable:
     def part(self, name: str) -> PartTable:
         return getattr(self, name)
 
+    def rescaled(self, factor: float) -> "LatencyTable":
+        """A copy whose calibrated predictions are ``factor`` times these (drift correction:
+        factor = measured / predicted latency of a reference model today)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise VitDeployError(f"cannot rescale a latency table by {factor!r}: the factor must be finite and > 0")
+        calibration = self.calibration or IDENTITY
+        return replace(self, calibration=replace(calibration, scale=calibration.scale * factor,
+                                                 offset_ms=calibration.offset_ms * factor))
+
     def to_dict(self) -> dict[str, Any]:
+        calibration = {} if self.calibration is None else {"calibration": asdict(self.calibration)}
         return {"schema_version": SCHEMA_VERSION, "metadata": asdict(self.metadata),
                 "reference_heads": self.reference_heads, "stem": asdict(self.stem),
-                **{name: self.part(name).to_dict() for name in PART_AXES}}
+                **{name: self.part(name).to_dict() for name in PART_AXES}, **calibration}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "latency table") -> "LatencyTable":
@@ -211,7 +298,8 @@ class LatencyTable:
                 raise ValueError(f"schema_version {file.schema_version!r} is not the supported {SCHEMA_VERSION}")
             _check_ranges(file)
             table = cls(file.metadata, file.reference_heads, file.stem,
-                        **{name: PartTable.from_dict(asdict(getattr(file, name)), name) for name in PART_AXES})
+                        **{name: PartTable.from_dict(asdict(getattr(file, name)), name) for name in PART_AXES},
+                        calibration=file.calibration)
             if table.reference_heads not in table.heads.axes["heads"]:
                 raise ValueError(f"reference_heads {table.reference_heads} is not on the heads axis")
         except ValueError as exc:
@@ -228,6 +316,8 @@ def _check_ranges(file: _TableFile) -> None:
     for name, value in counts.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if file.calibration is not None and (file.calibration.scale <= 0 or file.calibration.models < 0):
+        raise ValueError("calibration.scale must be > 0 and calibration.models ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -240,18 +330,24 @@ class BlockPrediction:
 
 
 def predict_block(table: LatencyTable, tokens: int, embed: int, heads: int, qk: int, v: int, mlp: int,
-                  token_step: bool = False) -> BlockPrediction:
-    """Latency (ms) of one block with ``tokens`` entering; ``qk``/``v`` are per-head dims."""
+                  token_step: bool = False, mlp_tokens: int | None = None) -> BlockPrediction:
+    """Latency (ms) of one block with ``tokens`` entering; ``qk``/``v`` are per-head dims.
+
+    ``mlp_tokens``: the tokens the MLP part runs on when fewer than enter (one in the last block
+    of a non-distilled export). Its cost is linear in them, so extrapolating below the grid's
+    token axis is exact under the MAC model and is not flagged.
+    """
     points = {
         "attention": {"tokens": tokens, "embed": embed, "qk_width": heads * qk, "v_width": heads * v},
         "heads": {"tokens": tokens, "heads": heads},
-        "mlp": {"tokens": tokens, "embed": embed, "mlp": mlp},
+        "mlp": {"tokens": tokens if mlp_tokens is None else mlp_tokens, "embed": embed, "mlp": mlp},
     }
     if token_step:
         points["token_step"] = {"tokens": tokens, "embed": embed}
     parts, extrapolated = {}, []
     for part, point in points.items():
-        parts[part], outside = table.part(part).interpolate(point)
+        exact = ("tokens",) if part == "mlp" and mlp_tokens is not None else ()
+        parts[part], outside = table.part(part).interpolate(point, exact)
         extrapolated += [f"{part}.{axis}" for axis in outside]
     parts["attention"] = max(0.0, parts["attention"] + parts.pop("heads"))
     parts = {name: max(0.0, ms) for name, ms in parts.items()}
@@ -262,23 +358,31 @@ def predict(table: LatencyTable, spec: ViTSpec, include_fixed: bool = True) -> d
     """Predicted latency of a whole model: total ms, the fixed part, and one entry per block.
 
     Token plans are followed through ``spec.tokens_entering()``; a block with an active token
-    step adds the ``token_step`` part. ``include_fixed=False`` predicts the blocks only, for a
-    spec whose input geometry differs from the table's (latency *differences*, as latency-aware
-    pruning uses them, do not need the fixed part).
+    step adds the ``token_step`` part. In a non-distilled model the last block's MLP runs on the
+    class token alone (``mlp_tokens`` 1), as in its fused export. ``include_fixed=False``
+    predicts the blocks only, for a spec whose input geometry differs from the table's (latency
+    *differences*, as latency-aware pruning uses them, do not need the fixed part).
+
+    ``raw_ms`` is the sum of the parts; ``total_ms`` applies the table's calibration to it (its
+    scale only for blocks-only predictions, whose offset belongs to no block).
     """
     blocks, extrapolated = [], []
     for index, (block, tokens) in enumerate(zip(spec.blocks, spec.tokens_entering()), start=1):
+        class_token_only = index == spec.depth and not spec.distilled
         result = predict_block(table, tokens, spec.embed_dim, block.heads, block.qk_dim, block.v_dim,
-                               block.mlp_dim, token_step=block.tokens.active)
+                               block.mlp_dim, token_step=block.tokens.active,
+                               mlp_tokens=1 if class_token_only else None)
         parts = {f"{name}_ms": ms for name, ms in result.parts.items()}
-        blocks.append({"block": index, "tokens": tokens, "ms": result.ms, **parts})
+        blocks.append({"block": index, "tokens": tokens, "mlp_tokens": 1 if class_token_only else tokens,
+                       "ms": result.ms, **parts})
         extrapolated += [f"block {index}: {axis}" for axis in result.extrapolated]
     fixed_ms = 0.0
     if include_fixed:
         fixed_ms, outside = _predict_fixed(table, spec)
         extrapolated += [f"fixed.{axis}" for axis in outside]
-    return {"total_ms": fixed_ms + sum(b["ms"] for b in blocks), "fixed_ms": fixed_ms, "blocks": blocks,
-            "extrapolated": extrapolated}
+    raw_ms = fixed_ms + sum(b["ms"] for b in blocks)
+    return {"total_ms": (table.calibration or IDENTITY).apply(raw_ms, include_fixed), "raw_ms": raw_ms,
+            "fixed_ms": fixed_ms, "blocks": blocks, "extrapolated": extrapolated}
 
 
 def _predict_fixed(table: LatencyTable, spec: ViTSpec) -> tuple[float, list[str]]:
@@ -308,9 +412,58 @@ def save_table(table: LatencyTable, path: str | Path) -> None:
     write_json_atomic(path, table.to_dict())
 
 
-def table_path(metadata: TableMetadata, root: str | Path = TABLES_DIR) -> Path:
-    """``<root>/<device-slug>-<backend>-<precision>.json``."""
-    return Path(root) / f"{device_slug(metadata.device)}-{metadata.backend}-{metadata.precision}.json"
+def table_path(metadata: TableMetadata, root: str | Path = TABLES_DIR, model: str | None = None) -> Path:
+    """``<root>/<device-slug>-<backend>-<precision>.json``, or for a table built for one model
+    ``<root>/<device-slug>-<backend>-<precision>-<model>-b<batch>.json``."""
+    return model_table_path(metadata.device, metadata.backend, metadata.precision, root, model, metadata.batch)
+
+
+def model_table_path(device: str, backend: str, precision: str, root: str | Path = TABLES_DIR,
+                     model: str | None = None, batch: int | None = None) -> Path:
+    """Where ``table_path`` puts a table of that key, before there is one (``device``: its name)."""
+    stem = f"{device_slug(device)}-{backend}-{precision}"
+    if model is not None:
+        stem += f"-{_file_safe(model)}-b{batch}"
+    return Path(root) / f"{stem}.json"
+
+
+def _file_safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.") or "model"
+
+
+def build_hint(model_ref: str, backend: str, batch: int, device: str = "cpu") -> str:
+    """The command that builds a table for ``model_ref``, for error messages."""
+    command = ["vitdeploy", "lut", "build", "--for", model_ref, "--backend", backend, "--batch", str(batch)]
+    return shlex.join(command + (["--device", device] if device != "cpu" else []))
+
+
+def require_table_for(table: LatencyTable, backend: str, batch: int, device: str, model_ref: str) -> None:
+    """Refuse a table measured with another backend, batch or device (``device``: "cpu" or "cuda")."""
+    meta, wanted = table.metadata, device_name(device)
+    if (meta.backend, meta.batch, meta.device) != (backend, batch, wanted):
+        raise VitDeployError(f"the latency table was measured with {meta.backend} at batch {meta.batch} on "
+                             f"{meta.device!r}, not {backend} at batch {batch} on {wanted!r}: build one with "
+                             f"`{build_hint(model_ref, backend, batch, device)}`")
+
+
+def require_coverage(table: LatencyTable, spec: ViTSpec, model_ref: str) -> None:
+    """Refuse a table whose grid or input geometry does not cover ``spec`` (no extrapolation)."""
+    meta = table.metadata
+    hint = build_hint(model_ref, meta.backend, meta.batch, meta.build_config.get("device", "cpu"))
+    try:
+        extrapolated = predict(table, spec)["extrapolated"]
+    except VitDeployError:
+        raise VitDeployError(f"the latency table was measured for {_geometry(table.stem)} inputs, but {model_ref} "
+                             f"takes {_geometry(StemGeometry.of(spec))}: build a table for it with `{hint}`") from None
+    if extrapolated:
+        more = f" and {len(extrapolated) - 3} more" if len(extrapolated) > 3 else ""
+        raise VitDeployError(f"the latency table's grid does not cover {model_ref} ({'; '.join(extrapolated[:3])}"
+                             f"{more}): build a table for it with `{hint}`")
+
+
+def _geometry(stem: StemGeometry) -> str:
+    return (f"{stem.img_size}×{stem.img_size}×{stem.in_chans}, patch {stem.patch_size}, {stem.num_classes} classes"
+            + (", distilled" if stem.distilled else ""))
 
 
 def _locate(values: list[float], x: float) -> tuple[int, float]:

@@ -68,12 +68,12 @@ from torch.utils.data import Subset
 from vitdeploy.data import batches
 from vitdeploy.evaluate import EVAL_BATCH, evaluate
 from vitdeploy.models.checkpoint import save_artifact
-from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.vit import Block, ViT
 from vitdeploy.prune.calibrate import require_dense_tokens
 from vitdeploy.prune.spvit_config import SPViTConfig
-from vitdeploy.prune.token_methods import plan_summary, solve_for_flops
+from vitdeploy.prune.costs import flops_target
+from vitdeploy.prune.token_methods import plan_summary, solve_knob
 from vitdeploy.threads import torch_threads
 from vitdeploy.tokens.spvit import SPViTSelector
 from vitdeploy.train.loop import distillation_loss
@@ -107,8 +107,8 @@ def static_plan(spec: ViTSpec, config: SPViTConfig) -> tuple[ViTSpec, list[float
     """The static inference spec meeting ``config.budget_flops`` and its keep targets ρ_i = k_i / N."""
     blocks = config.selector_blocks(spec.depth)
     make = lambda rate: spvit_spec(spec, {b: rate ** (i + 1) for i, b in enumerate(blocks)}, config)
-    _, plan = solve_for_flops(make, config.budget_flops, total_macs(spec), RATE_BOUNDS, "the keep-rate schedule",
-                              flag="--budget-flops")
+    target = flops_target(config.budget_flops, spec, flag="--budget-flops")
+    _, plan = solve_knob(make, target, RATE_BOUNDS, "the keep-rate schedule")
     return plan, [plan.blocks[b].tokens.keep / spec.num_patches for b in blocks]
 
 

@@ -27,7 +27,7 @@ import dataclasses
 import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -38,6 +38,7 @@ from vitdeploy.data import batches
 from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import evaluate
 from vitdeploy.lut.table import LatencyTable, StemGeometry, load_table, predict
+from vitdeploy.prune.costs import CostFn, flops_cost, lut_latency
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.groups import EMB, all_dims, dim_size, kept_masks, structure_map, with_dim_sizes
 from vitdeploy.models.spec import ViTSpec
@@ -47,27 +48,7 @@ from vitdeploy.prune.nvit_config import NViTConfig
 from vitdeploy.threads import torch_threads
 from vitdeploy.train.loop import fine_tune, training_loss
 
-CostFn = Callable[[ViTSpec], float]
 COMPACTION_TOLERANCE = 1e-5
-
-
-# --- cost functions -------------------------------------------------------------------------------
-
-def flops_cost(spec: ViTSpec) -> float:
-    """The model's MACs (``vitdeploy.models.flops``): the latency stand-in without a table."""
-    return float(total_macs(spec))
-
-
-def lut_latency(table: LatencyTable) -> CostFn:
-    """Predicted latency (ms) from a latency table.
-
-    The whole model when the table's fixed part was measured for the model's input geometry;
-    otherwise the blocks only (``include_fixed=False``), which is what latency differences need.
-    """
-    def latency(spec: ViTSpec) -> float:
-        return predict(table, spec, include_fixed=StemGeometry.of(spec) == table.stem)["total_ms"]
-
-    return latency
 
 
 # --- ranking and removal --------------------------------------------------------------------------

@@ -50,8 +50,19 @@ def nvit_summary(report: dict, out: str) -> str:
              f"params {report['params']['ratio']:.3f}×, MACs {report['macs']['ratio']:.3f}× "
              f"(compaction max abs diff {report['compaction_max_abs_diff']:.1e})"]
     lines += _accuracy_lines(report.get("accuracy", {}))
+    if "latency" in report:
+        lines.append(latency_line(report["latency"]))
     lines.append(f"saved {out}")
     return "\n".join(lines)
+
+
+def latency_line(latency: dict) -> str:
+    """A result's latency against its target and prediction (``vitdeploy.lut.measure.latency_check``)."""
+    return (f"latency (measured interleaved with the unpruned model): {latency['measured_ms']:.2f} ms, "
+            f"{latency['speedup']:.2f}x faster; predicted {latency['predicted_ms']:.2f} ms (off by "
+            f"{latency['prediction_error_pct']:.1f} %); target {latency['target_ms']:.2f} ms = "
+            f"{latency['target_ratio']:.3f}x the unpruned latency, reached {latency['measured_ratio']:.3f}x "
+            f"({latency['target_error_pct']:+.1f} %)")
 
 
 def sparse24_summary(report: dict, out: str) -> str:

@@ -10,6 +10,8 @@ from vitdeploy.schema import schema
 
 TOKEN_OPTION_HELP = {
     "target_flops": "target FLOPs as a ratio of the unpruned model's, in (0, 1): the method's knob is bisected",
+    "target_latency_ms": "target latency in ms predicted by --lut, instead of --target-flops: the knob is bisected",
+    "lut": "latency table for --target-latency-ms (see `vitdeploy lut build --for`)",
     "calib_size": "calibration images drawn (seeded) from the train split",
     "seed": "calibration sampling and random plans",
 }
@@ -22,6 +24,9 @@ class TokenPruneConfig:
     method: str
     target_flops: float | None = None
     """Target MACs as a ratio of the unpruned model's, in (0, 1); bisects the method's knob."""
+    target_latency_ms: float | None = None
+    """Target latency (ms) predicted by the latency table ``lut``; bisects the method's knob."""
+    lut: str | None = None
     rho: float | None = None
     """STAR / a-STAR: the keep rate of the last block (ρ in their Eq. 5)."""
     alpha: float = 0.15
@@ -48,10 +53,15 @@ class TokenPruneConfig:
         if self.method not in token_methods:
             raise VitDeployError(f"unknown token method {self.method!r}: choose one of {', '.join(token_methods)}")
         knobs = token_methods[self.method].knobs
-        given = [k for k in ("target_flops", *knobs) if getattr(self, k) is not None]
+        choices = ("target_flops", "target_latency_ms", *knobs)
+        given = [k for k in choices if getattr(self, k) is not None]
         if len(given) != 1:
-            names = " or ".join(f"--{k.replace('_', '-')}" for k in ("target_flops", *knobs))
+            names = " or ".join(f"--{k.replace('_', '-')}" for k in choices)
             raise VitDeployError(f"{self.method} needs exactly one of {names}")
+        if (self.target_latency_ms is None) != (self.lut is None):
+            raise VitDeployError("--target-latency-ms and --lut go together: the table predicts the latency")
+        if self.target_latency_ms is not None and not self.target_latency_ms > 0:
+            raise VitDeployError(f"--target-latency-ms must be positive, got {self.target_latency_ms}")
         if self.target_flops is not None and not 0 < self.target_flops < 1:
             raise VitDeployError(f"--target-flops is a ratio of the unpruned model's FLOPs in (0, 1), "
                                  f"got {self.target_flops}")

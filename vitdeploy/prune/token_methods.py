@@ -1,10 +1,11 @@
-"""What every static token method shares: the driver that applies a method's plan, FLOPs
-targets met by bisecting the method's knob, and the report.
+"""What every static token method shares: the driver that applies a method's plan, FLOPs or
+latency targets met by bisecting the method's knob, and the report.
 
 Every method (in ``vitdeploy.prune.methods``) turns an unpruned model into the same model with a
 token plan (weights unchanged, no fine-tuning). A FLOPs target (``target_flops``, a ratio of the
-unpruned model's MACs) is met by bisecting the method's own knob: ρ for STAR, ε for Patch
-Slimming, the keep rate for the baselines.
+unpruned model's MACs) or a latency target (``target_latency_ms`` under the latency table ``lut``)
+is met by bisecting the method's own knob: ρ for STAR, ε for Patch Slimming, the keep rate for
+the baselines.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vitdeploy.models.flops import block_macs, head_macs, patch_embed_macs, tota
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
 from vitdeploy.prune.calibrate import require_dense_tokens
+from vitdeploy.prune.costs import CostTarget, flops_target, latency_target
 from vitdeploy.prune.registry import get_method
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.models.token_plan import with_spec
@@ -61,42 +63,51 @@ def plan_summary(base: ViTSpec, spec: ViTSpec) -> dict:
             "macs": macs, "baseline_macs": base_macs, "flops_ratio": macs / base_macs}
 
 
-def knob_or_target(value, make: Callable[[float], ViTSpec], target: float | None, base: ViTSpec,
+def knob_or_target(value, make: Callable[[float], ViTSpec], config: TokenPruneConfig, base: ViTSpec,
                    bounds: tuple[float, float], name: str, log: bool = False, increasing: bool = True,
                    steps: int = BISECTION_STEPS, progress: bool = False) -> tuple[float, ViTSpec]:
-    """(knob, spec): the given knob, or the one whose FLOPs ratio is the largest not above ``target``."""
+    """(knob, spec): the given knob, or the one that best meets ``config``'s FLOPs or latency target."""
     if value is not None:
         return value, make(value)
-    return solve_for_flops(make, target, total_macs(base), bounds, name, log, increasing, steps, progress)
+    return solve_knob(make, config_target(config, base), bounds, name, log, increasing, steps, progress)
 
 
-def solve_for_flops(make: Callable[[float], ViTSpec], target: float, base_macs: int, bounds: tuple[float, float],
-                    name: str, log: bool = False, increasing: bool = True, steps: int = BISECTION_STEPS,
-                    progress: bool = False, flag: str = "--target-flops") -> tuple[float, ViTSpec]:
-    """Bisect a knob whose FLOPs ratio is monotone in it; keep the best plan at or under ``target``.
+def config_target(config: TokenPruneConfig, base: ViTSpec) -> CostTarget:
+    """The FLOPs target (a ratio of ``base``'s MACs) or the latency target under ``config.lut``."""
+    if config.target_latency_ms is not None:
+        return latency_target(config.target_latency_ms, config.lut, base)
+    return flops_target(config.target_flops, base)
 
-    An unreachable target raises ``VitDeployError`` naming ``flag``, the option the user set it with.
+
+def solve_knob(make: Callable[[float], ViTSpec], target: CostTarget, bounds: tuple[float, float], name: str,
+               log: bool = False, increasing: bool = True, steps: int = BISECTION_STEPS,
+               progress: bool = False) -> tuple[float, ViTSpec]:
+    """Bisect a knob whose cost is monotone in it; keep the costliest plan at or under the target.
+
+    ``increasing``: the cost grows with the knob. An unreachable target raises ``VitDeployError``
+    naming ``target.flag``, the option the user set it with.
     """
     lo, hi = (math.log(b) for b in bounds) if log else bounds
     to_knob = math.exp if log else float
     cheapest = to_knob(lo if increasing else hi)
     best = None
-    for _ in tqdm(range(steps), desc=f"bisecting {name} for {target:g}× FLOPs", disable=not progress, leave=False):
+    for _ in tqdm(range(steps), desc=f"bisecting {name} for {target.describe(target.goal)}", disable=not progress,
+                  leave=False):
         mid = (lo + hi) / 2
         spec = make(to_knob(mid))
-        ratio = total_macs(spec) / base_macs
-        if ratio <= target and (best is None or ratio > best[2]):
-            best = (to_knob(mid), spec, ratio)
-        if (ratio <= target) == increasing:
+        cost = target.cost(spec)
+        if cost <= target.goal and (best is None or cost > best[2]):
+            best = (to_knob(mid), spec, cost)
+        if (cost <= target.goal) == increasing:
             lo = mid
         else:
             hi = mid
     if best is None:
         spec = make(cheapest)
-        floor = total_macs(spec) / base_macs
-        if floor > target:
-            raise VitDeployError(f"{flag} {target:g} cannot be reached: the fewest FLOPs this method gives "
-                                 f"is {floor:.3f}× (at {name} = {cheapest:g})")
+        floor = target.cost(spec)
+        if floor > target.goal:
+            raise VitDeployError(f"{target.flag} {target.goal:g} cannot be reached: the lowest this method gives "
+                                 f"is {target.describe(floor)} (at {name} = {cheapest:g})")
         best = (cheapest, spec, floor)
     return best[0], best[1]
 

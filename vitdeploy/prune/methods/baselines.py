@@ -22,6 +22,8 @@ KEEP_HELP = ("explicit plan instead of --rate: comma-separated BLOCK:KEEP pairs 
              "patch-token count (137) or a rate in (0, 1) (0.7)")
 OPTIONS = {
     "target_flops": TOKEN_OPTION_HELP["target_flops"],
+    "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"],
+    "lut": TOKEN_OPTION_HELP["lut"],
     "rate": "share of the patch tokens kept at each step, in (0, 1)",
     "keep": KEEP_HELP,
 }
@@ -53,7 +55,7 @@ def plan_baseline(model, config: TokenPruneConfig, images, progress: bool):
     def make(rate: float):
         return baseline_spec(spec, config, {b: rate for b in steps(spec, config)})
 
-    rate, plan = knob_or_target(config.rate, make, config.target_flops, spec, (1e-3, 0.999), "rate")
+    rate, plan = knob_or_target(config.rate, make, config, spec, (1e-3, 0.999), "rate")
     return plan, {"rate": rate}
 
 
@@ -82,7 +84,7 @@ def baseline_spec(spec, config: TokenPruneConfig, plan: dict):
 
 def _baseline(name: str, help: str, description: str, extra: dict[str, str]) -> PruneMethod:
     return register(PruneMethod(
-        name=name, help=help, description=description + " Give --target-flops, --rate or --keep.",
+        name=name, help=help, description=description + " Give --target-flops, --target-latency-ms with --lut, --rate or --keep.",
         config=TokenPruneConfig, options={**OPTIONS, **extra}, run=run_token_method, summary=prune_summary,
         fixed={"method": name}, knobs=("rate", "keep"), plan=plan_baseline))
 

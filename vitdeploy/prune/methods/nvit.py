@@ -14,13 +14,21 @@ TRAIN_DATA = DataOption("--calib", "fine-tuning and importance data (its train s
 
 
 def run(model, config: NViTConfig, context):
+    """Prune; with a latency target, the table is first checked and drift-corrected against the
+    unpruned model measured now, and the result is measured against the target."""
     from vitdeploy.data import dataset_for
+    from vitdeploy.lut.measure import latency_check, table_for_model
     from vitdeploy.prune.structural import prune_nvit
 
     if config.target_latency_ms is not None and not config.lut:
         raise VitDeployError("--target-latency-ms needs --lut FILE (a latency table for the target device)")
+    table, drift = table_for_model(config.lut, model) if config.target_latency_ms is not None else (None, None)
     train_data = dataset_for(model, context.data, "train", resize=context.resize)
-    return prune_nvit(model, config, train_data, context.eval_data, progress=context.progress)
+    pruned, report = prune_nvit(model, config, train_data, context.eval_data, lut=table, progress=context.progress)
+    if table is not None:
+        report["latency"] = {**latency_check(table, drift, model, pruned, config.target_latency_ms),
+                             "drift": drift.to_dict()}
+    return pruned, report
 
 
 register(PruneMethod(

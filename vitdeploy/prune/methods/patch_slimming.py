@@ -24,7 +24,7 @@ def plan_patch_slimming(model, config: TokenPruneConfig, images, progress: bool)
         plan = patch_slimming.slimming_plan(calib, eps, config.granularity, progress=per_layer_bar)
         return patch_slimming.slimming_spec(model.spec, plan)
 
-    eps, spec = knob_or_target(config.epsilon, make, config.target_flops, model.spec, EPSILON_RANGE, "ε", log=True,
+    eps, spec = knob_or_target(config.epsilon, make, config, model.spec, EPSILON_RANGE, "ε", log=True,
                                increasing=False, steps=EPSILON_BISECTION_STEPS, progress=progress)
     return spec, {"epsilon": eps}
 
@@ -33,9 +33,10 @@ register(PruneMethod(
     name="patch-slimming", help="top-down fixed-position pyramid (constant Gathers, no TopK)",
     description="Patch Slimming (Tang et al.): the last block keeps only the class token; going down, each block "
                 "keeps every patch the next one keeps and adds patches by significance until the class token's "
-                "relative feature error is at most ε. Give --target-flops or --epsilon.",
+                "relative feature error is at most ε. Give --target-flops, --target-latency-ms with --lut, or --epsilon.",
     config=TokenPruneConfig,
     options={"target_flops": TOKEN_OPTION_HELP["target_flops"],
+             "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"], "lut": TOKEN_OPTION_HELP["lut"],
              "epsilon": "tolerated relative error of the class token's final features; higher prunes more",
              "granularity": "patches added per greedy step, r'",
              "calib_size": TOKEN_OPTION_HELP["calib_size"], "seed": TOKEN_OPTION_HELP["seed"]},

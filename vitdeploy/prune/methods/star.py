@@ -11,6 +11,8 @@ from vitdeploy.prune.summaries import prune_summary
 CALIB = DataOption("--calib", "calibration data (its train split): fashion-mnist or an ImageFolder directory")
 OPTIONS = {
     "target_flops": TOKEN_OPTION_HELP["target_flops"],
+    "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"],
+    "lut": TOKEN_OPTION_HELP["lut"],
     "rho": "keep rate of the last block, in (0, 1]; lower prunes more",
     "alpha": "fusion weight of the online class attention, in [0, 1]",
     "gamma": "top classes per image in the inter-layer scores",
@@ -30,7 +32,7 @@ def plan_star(model, config: TokenPruneConfig, images, progress: bool):
     def make(rho: float):
         return star.star_spec(model.spec, stats, rho, config.alpha, adaptive=config.method == "a-star")
 
-    rho, spec = knob_or_target(config.rho, make, config.target_flops, model.spec, (1e-4, 1.0), "ρ")
+    rho, spec = knob_or_target(config.rho, make, config, model.spec, (1e-4, 1.0), "ρ")
     return spec, {"rho": rho, "keep_rates": star.keep_rates(stats.acs, rho), "star": stats.to_dict()}
 
 
@@ -38,7 +40,7 @@ register(PruneMethod(
     name="star", help="class attention fused with offline relevance, ACS keep rates (static counts)",
     description="STAR (Zhang et al.): ranks patch tokens by S_intra^α · S_inter^(1−α), the class token's "
                 "attention fused with offline per-position relevance; keep rates from the layers' average "
-                "cosine similarity. Give --target-flops or --rho.",
+                "cosine similarity. Give --target-flops, --target-latency-ms with --lut, or --rho.",
     config=TokenPruneConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
     fixed={"method": "star"}, knobs=("rho",), plan=plan_star))
 
@@ -46,6 +48,6 @@ register(PruneMethod(
     name="a-star", help="STAR with input-dependent counts (PyTorch evaluation only, never exported)",
     description="a-STAR: each image keeps the fewest tokens whose fused scores reach the step's rate, so the "
                 "count depends on the input. Not a static graph: `vitdeploy export --as-static-star` exports "
-                "its static STAR plan. Give --target-flops or --rho.",
+                "its static STAR plan. Give --target-flops, --target-latency-ms with --lut, or --rho.",
     config=TokenPruneConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
     fixed={"method": "a-star"}, knobs=("rho",), plan=plan_star))

@@ -1,0 +1,72 @@
+"""`vitdeploy optimize MODEL --budget-ms MS --lut TABLE --out DIR`: the most accurate model within a
+latency budget, measured (see ``vitdeploy.optimize``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_from, print_json_or
+from vitdeploy.cli._options import add_config_options, config_values, threads_count
+
+EXAMPLES = """\
+examples:
+  vitdeploy lut build --for fmnist_vit --batch 64        # once per device, backend and batch
+  vitdeploy optimize fmnist_vit --budget-ms 9 --lut latency_tables/TABLE.json --out out/opt9
+  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --lut TABLE.json --out out/half   # half today's latency
+  vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search nvit --out out/nvit9   # structure only
+  vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search tokens --tokens patch-slimming --out out/ps9"""
+
+OPTIONS = {
+    "budget_ms": "latency budget in ms at the table's batch",
+    "budget_ratio": "the budget as a share of the unpruned latency measured at the start, instead of --budget-ms",
+    "lut": "latency table measured for this model (`vitdeploy lut build --for MODEL`); default: this machine's "
+           "CPU table for MODEL at --batch in latency_tables/, built first if there is none (a few minutes)",
+    "batch": "the batch the budget is for; must be the table's (default: the table's, or 64 without --lut)",
+    "backend": "the backend the budget is for; must be the table's (default: the table's, or onnxruntime)",
+    "data": "fashion-mnist or an ImageFolder directory: train split to prune and fine-tune, test split for top-1",
+    "resize": "resize the data's images to the model's input size",
+    "search": "candidates: structure and tokens jointly, NViT structure only, or a token plan only",
+    "tokens": "token method solved for the budget on each structure",
+    "width_step": "structural candidates every this share of the unpruned predicted latency",
+    "prune_step": "NViT: predicted latency removed per pruning step, as a share of the unpruned model's",
+    "step_finetune_steps": "NViT: distilled fine-tuning steps after each pruning step",
+    "finetune_steps": "distilled fine-tuning steps of the chosen candidate (token plan active)",
+    "proxy_images": "training images each candidate's proxy top-1 is measured on",
+    "calib_size": "calibration images of the token method",
+    "round_to": "NViT keeps every dim a multiple of this",
+    "lr": "fine-tuning peak learning rate",
+    "batch_size": "fine-tuning batch",
+    "eval_limit": "evaluate on the first N test images only",
+    "seed": "sampling and fine-tuning order",
+}
+
+
+def register(sub) -> None:
+    from vitdeploy.optimize import SEARCHES, OptimizeConfig
+
+    p = sub.add_parser(
+        "optimize", help="the most accurate model within a latency budget: NViT × token plans, measured",
+        description="Search structural widths (NViT) and token plans (STAR, Patch Slimming, keep rates) for the "
+                    "most accurate model whose latency predicted by a measured table fits --budget-ms; fine-tune "
+                    "the chosen one with distillation, export it with every check and measure it. Writes DIR/model, "
+                    "DIR/model.onnx and DIR/optimize.json (every candidate, predicted vs measured latency, top-1).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--out", required=True, help="output directory (replaced only when the run succeeds)")
+    checkpoint_arguments(p)
+    p.add_argument("--threads", type=threads_count, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print optimize.json instead of a summary")
+    group = p.add_argument_group("search settings")
+    add_config_options(group, OptimizeConfig, OPTIONS, choices={"search": SEARCHES})
+    p.set_defaults(run=_run)
+
+
+def _run(args) -> None:
+    from vitdeploy.optimize import OptimizeConfig, optimize, summary_table
+
+    values = config_values(args, OPTIONS)
+    config = OptimizeConfig(**values, threads=args.threads).validate()
+    model = load_model_from(args, args.model)
+    result = optimize(model, config, args.out, progress=not args.quiet)
+    print_json_or(args, result, summary_table(result) + f"\nsaved {args.out}")

@@ -1,0 +1,105 @@
+"""Whole models measured the way a latency table was: its backend, build settings and batch.
+
+Predictions are only worth what a measurement confirms, so the tools that act on a table
+(latency targets, the optimiser, table calibration) measure their results through here, with the
+shared harness, and correct the table for drift: the machine is not the same on the day a table
+is used as on the day it was built (the shipped CPU table's error was 8.2 % on one day and 11.2 %
+on another). ``drift_corrected`` times the unpruned model and rescales the table's predictions so
+that it predicts today's measurement.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from vitdeploy.backends import BuildConfig, ModelSource, get_backend
+from vitdeploy.bench.harness import TimingPlan, random_batch, time_interleaved
+from vitdeploy.lut.table import (
+    LatencyTable, TableMetadata, load_table, predict, require_coverage, require_table_for,
+)
+from vitdeploy.models.vit import ViT
+
+MEASURE_PLAN = TimingPlan(warmup=5, iters=60, rounds=6)
+"""Whole-model timing: medians of 60 interleaved runs per model."""
+
+
+def build_config_of(metadata: TableMetadata) -> BuildConfig:
+    """The build settings the table was measured with, at its batch."""
+    config = {**metadata.build_config, "batch_sizes": (metadata.batch,)}
+    return BuildConfig(**config).validate()
+
+
+def measure_models(models: dict[str, ViT], metadata: TableMetadata, plan: TimingPlan | None = None,
+                   config: BuildConfig | None = None, progress: bool = False) -> dict[str, float]:
+    """Median latency (ms) of each model, built like the table's parts (or with ``config``, at the
+    table's batch) and timed interleaved."""
+    backend = get_backend(metadata.backend)
+    config = build_config_of(metadata) if config is None else replace(config, batch_sizes=(metadata.batch,))
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-measure-") as work:
+        engines = {name: backend.build(ModelSource(name, Path(work) / name, model=model.eval()), config.validate())
+                   for name, model in tqdm(models.items(), desc="whole models", disable=not progress)}
+        shape = next(iter(models.values())).spec
+        batch = random_batch(metadata.batch, (shape.in_chans, shape.img_size, shape.img_size))
+        measurements = time_interleaved(engines, batch, plan or MEASURE_PLAN)
+    return {name: m.median_ms for name, m in measurements.items()}
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Today's measurement of the unpruned model against the table's prediction of it."""
+
+    predicted_ms: float
+    measured_ms: float
+
+    @property
+    def factor(self) -> float:
+        return self.measured_ms / self.predicted_ms
+
+    def to_dict(self) -> dict:
+        return {"predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "factor": self.factor}
+
+
+def drift_corrected(table: LatencyTable, model: ViT, plan: TimingPlan | None = None) -> tuple[LatencyTable, Drift]:
+    """The table rescaled so that it predicts today's latency of ``model``, and the drift found."""
+    drift = Drift(predict(table, model.spec)["total_ms"], measure_models({"unpruned": model}, table.metadata,
+                                                                          plan)["unpruned"])
+    return table.rescaled(drift.factor), drift
+
+
+def table_for_model(path: str, model: ViT, backend: str | None = None, batch: int | None = None,
+                    plan: TimingPlan | None = None) -> tuple[LatencyTable, Drift]:
+    """Load the table at ``path`` for acting on ``model``, drift-corrected on this machine.
+
+    The table must be for ``backend`` and ``batch`` (default: its own), for this machine's
+    device, and cover ``model``'s shapes without extrapolating.
+    """
+    table = load_table(path)
+    meta = table.metadata
+    require_table_for(table, backend or meta.backend, batch or meta.batch, meta.build_config["device"],
+                      model.spec.name)
+    require_coverage(table, model.spec, model.spec.name)
+    return drift_corrected(table, model, plan)
+
+
+def latency_check(table: LatencyTable, drift: Drift, unpruned: ViT, model: ViT, target_ms: float,
+                  plan: TimingPlan | None = None) -> dict:
+    """Time ``model`` interleaved with ``unpruned`` and check it against the prediction and target.
+
+    Both checks are ratios to the unpruned model within that one run, so a machine that is faster
+    or slower now than when the target was set (``drift``) does not count as an error: the
+    prediction is the table's, rescaled so that it predicts this run's unpruned latency, and the
+    target is compared as a share of the unpruned latency when it was set.
+    """
+    measured = measure_models({"unpruned": unpruned, "result": model}, table.metadata, plan)
+    ratio = measured["result"] / measured["unpruned"]
+    predicted_ratio = predict(table, model.spec)["total_ms"] / predict(table, unpruned.spec)["total_ms"]
+    target_ratio = target_ms / drift.measured_ms
+    return {"target_ms": target_ms, "measured_ms": measured["result"], "predicted_ms": predicted_ratio * measured["unpruned"],
+            "unpruned_measured_ms": measured["unpruned"], "speedup": 1 / ratio,
+            "measured_ratio": ratio, "predicted_ratio": predicted_ratio, "target_ratio": target_ratio,
+            "prediction_error_pct": 100 * abs(ratio - predicted_ratio) / ratio,
+            "target_error_pct": 100 * (ratio / target_ratio - 1)}
