@@ -30,12 +30,12 @@ benchmarks/results/latency-budget.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import png_bytes
 from vitdeploy.data import dataset_for
 from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import evaluate
@@ -193,10 +193,7 @@ def plot(result: dict) -> bytes:
     ax.set_title("fmnist_vit under latency budgets")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def main(argv: list[str]) -> None:

@@ -63,11 +63,8 @@ class Assets:
         shutil.copytree(source, target) if source.is_dir() else shutil.copy(source, target)
         return target
 
-    def table(self) -> dict:
-        return json.loads((self.root / "table.json").read_text())
-
-    def tiny_table(self) -> dict:
-        return json.loads((self.root / "tiny-table.json").read_text())
+    def json(self, name: str) -> dict:
+        return json.loads((self.root / name).read_text())
 
 
 @pytest.fixture(scope="session")

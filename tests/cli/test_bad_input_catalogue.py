@@ -60,22 +60,18 @@ def deit(name: str = "m.safetensors") -> Setup:
     return lambda w, assets: assets.put("deit.safetensors", w, name)
 
 
-def table(edit: Callable[[dict], object] = lambda data: None, name: str = "t.json") -> Setup:
-    """The shipped latency table, changed by ``edit``."""
+def table(edit: Callable[[dict], object] = lambda data: None, name: str = "t.json", asset: str = "table.json") -> Setup:
+    """A latency table from the assets (default: the shipped one), changed by ``edit``."""
     def build(w: Path, assets) -> None:
-        data = assets.table()
+        data = assets.json(asset)
         edit(data)
         (w / name).write_text(json.dumps(data))
     return build
 
 
-def tiny_table(edit: Callable[[dict], object] = lambda data: None, name: str = "tt.json") -> Setup:
-    """A latency table for the tiny model ``m`` on this machine (batch 4), changed by ``edit``."""
-    def build(w: Path, assets) -> None:
-        data = assets.tiny_table()
-        edit(data)
-        (w / name).write_text(json.dumps(data))
-    return build
+def tiny_table(edit: Callable[[dict], object] = lambda data: None) -> Setup:
+    """A latency table for the tiny model ``m`` on this machine (batch 4), as tt.json."""
+    return table(edit, "tt.json", "tiny-table.json")
 
 
 def file(name: str, content: bytes | str | dict | list) -> Setup:
