@@ -508,10 +508,10 @@ class _Profiler:
         """The reference's median over the whole build: what one relative unit is in ms."""
         return float(np.median(self.reference_medians))
 
-    def median_ms(self, engine: Engine, name: str, input_shape: tuple[int, ...]) -> float:
-        return self.medians_interleaved({name: engine}, input_shape)[name]
+    def relative_latency(self, engine: Engine, name: str, input_shape: tuple[int, ...]) -> float:
+        return self.relative_latencies({name: engine}, input_shape)[name]
 
-    def medians_interleaved(self, engines: dict[str, Engine], input_shape: tuple[int, ...]) -> dict[str, float]:
+    def relative_latencies(self, engines: dict[str, Engine], input_shape: tuple[int, ...]) -> dict[str, float]:
         """Medians of ``engines`` on one input shape, timed interleaved with the reference, each
         divided by the reference's median of the same run: a machine that slows down for a while
         (on a shared CPU, whole seconds at half speed) slows both alike, and the ratio stays."""
@@ -537,7 +537,7 @@ def _measure_over_tokens(profiler: _Profiler, grid: Grid, part: PartTable, name:
         label = "-".join([name, *(f"{axis}{value}" for axis, value in point.items())])
         engines = profiler.engines_by_tokens(make_module(**point), label, grid.tokens, point["embed"])
         for t, (tokens, engine) in enumerate(engines):
-            part.ms[(t, *index)] = profiler.median_ms(engine, f"{label}-n{tokens}", (tokens, point["embed"]))
+            part.ms[(t, *index)] = profiler.relative_latency(engine, f"{label}-n{tokens}", (tokens, point["embed"]))
 
 
 def _attention_block(qk_width: int, v_width: int, heads: int) -> BlockSpec:
@@ -562,9 +562,9 @@ def _measure_heads(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
                                           grid.tokens, width) for h in grid.heads]
     for t, (tokens, step) in enumerate(zip(grid.tokens, zip(*streams))):
         engines = {f"heads{h}": engine for h, (_, engine) in zip(grid.heads, step)}
-        medians = profiler.medians_interleaved(engines, (tokens, width))
-        reference = medians[f"heads{grid.reference_heads}"]
-        part.ms[t] = [medians[f"heads{h}"] - reference for h in grid.heads]
+        relative = profiler.relative_latencies(engines, (tokens, width))
+        reference = relative[f"heads{grid.reference_heads}"]
+        part.ms[t] = [relative[f"heads{h}"] - reference for h in grid.heads]
 
 
 def _measure_token_step(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
@@ -580,8 +580,8 @@ def _measure_token_step(profiler: _Profiler, grid: Grid, part: PartTable) -> Non
                                         dynamic_tokens=False)
             for label, s in (("with", step), ("without", TokenStep()))
         }
-        medians = profiler.medians_interleaved(engines, (tokens, embed))
-        part.ms[t, e] = max(0.0, medians["with"] - medians["without"])
+        relative = profiler.relative_latencies(engines, (tokens, embed))
+        part.ms[t, e] = max(0.0, relative["with"] - relative["without"])
 
 
 def _measure_fixed(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
@@ -590,7 +590,7 @@ def _measure_fixed(profiler: _Profiler, grid: Grid, part: PartTable) -> None:
         model = ViT(replace(_probe_spec(grid.stem, embed), distilled=grid.stem.distilled))
         model.blocks = nn.ModuleList()
         source = ModelSource(f"fixed-embed{embed}", profiler.work_dir, model=model.eval())
-        part.ms[e] = profiler.median_ms(profiler.engine(source), source.name, source.input_shape())
+        part.ms[e] = profiler.relative_latency(profiler.engine(source), source.name, source.input_shape())
 
 
 def _probe_spec(stem: StemGeometry, embed: int) -> ViTSpec:
