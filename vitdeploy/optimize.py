@@ -149,6 +149,7 @@ def optimize(model, config: OptimizeConfig, out: str | Path, progress: bool = Tr
 def _optimize(base, config: OptimizeConfig, work: Path, progress: bool) -> dict:
     from vitdeploy.lut.measure import table_for_model
     from vitdeploy.lut.table import load_table, predict, save_table
+    from vitdeploy.prune.structural import smallest_spec
 
     started = time.perf_counter()
     config = replace(config, lut=_table_file(base, config, progress))
@@ -159,9 +160,10 @@ def _optimize(base, config: OptimizeConfig, work: Path, progress: bool) -> dict:
     save_table(table, table_file)
     table = load_table(table_file)  # the rounded values every later step reads
     base_ms = predict(table, base.spec)["total_ms"]
-    _require_reachable(base, table, config)
+    smallest = smallest_spec(base.spec, config.round_to)
+    _require_reachable(base, smallest, table, config)
     data = _Data(base, config)
-    pruner, candidates, unreachable = _candidates(base, table, table_file, config, data, progress)
+    pruner, candidates, unreachable = _candidates(base, smallest, table, table_file, config, data, progress)
     for candidate in tqdm(candidates, desc="proxy top-1", disable=not progress):
         candidate.proxy_top1 = data.proxy_top1(candidate.model)
     chosen = max(candidates, key=lambda c: (c.proxy_top1, -c.predicted_ms))
@@ -193,13 +195,13 @@ def _table_file(base, config: OptimizeConfig, progress: bool) -> str:
     return str(path)
 
 
-def _require_reachable(base, table, config: OptimizeConfig) -> None:
-    """Refuse, before any pruning, a budget under the fastest model the search could make."""
+def _require_reachable(base, smallest, table, config: OptimizeConfig) -> None:
+    """Refuse, before any pruning, a budget under the fastest model the search could make
+    (``smallest``: the smallest structure NViT reaches)."""
     from vitdeploy.lut.table import predict
     from vitdeploy.models.token_plan import keep_plan_spec
-    from vitdeploy.prune.structural import smallest_spec
 
-    spec = smallest_spec(base.spec, config.round_to) if config.search != "tokens" else base.spec
+    spec = smallest if config.search != "tokens" else base.spec
     if config.search != "nvit":
         spec = keep_plan_spec(spec, {0: 1})
     fastest = predict(table, spec)["total_ms"]
@@ -234,27 +236,27 @@ class _Data:
         return evaluate(model, self.proxy)
 
 
-def _candidates(base, table, table_file: Path, config: OptimizeConfig, data: _Data, progress: bool):
+def _candidates(base, smallest, table, table_file: Path, config: OptimizeConfig, data: _Data, progress: bool):
     """(the NViT pruner, candidates, unreachable ones): structures from one NViT run, each with the
     token plan that meets the budget (module docstring)."""
     from vitdeploy.lut.table import predict
-    from vitdeploy.prune.structural import smallest_spec
 
-    pruner = _pruner(base, table_file, config, data, progress)
+    pruner = _pruner(base, table, table_file, config, data, progress)
     budget_ratio = config.budget_ms / pruner.base_cost
-    floor_ratio = pruner.measure(smallest_spec(base.spec, config.round_to)) / pruner.base_cost
+    floor_ratio = pruner.measure(smallest) / pruner.base_cost
     candidates, unreachable = [], []
     for ratio in _structure_ratios(config, max(budget_ratio, floor_ratio)):
         structure = copy.deepcopy(pruner.prune_to(ratio)) if ratio < 1 else base
         structure_ratio = pruner.measure(structure.spec) / pruner.base_cost
         name = "unpruned structure" if ratio >= 1 else f"nvit {structure_ratio:.2f}x"
         candidate = Candidate(name, structure, structure_ratio)
-        if candidate.structure_ratio > budget_ratio:
-            _add_token_plan(candidate, table_file, config, data, progress)
-        if candidate.model is None:
-            unreachable.append({"name": candidate.name, "structure_ratio": candidate.structure_ratio,
-                                "reason": candidate.token_report["unreachable"]})
-            continue
+        if structure_ratio > budget_ratio:
+            try:
+                candidate.model, candidate.token_report = _token_plan(structure, table_file, config, data, progress)
+            except VitDeployError as exc:  # this structure is too slow for any plan of the method
+                unreachable.append({"name": name, "structure_ratio": structure_ratio, "reason": str(exc)})
+                continue
+            candidate.name += f" + {config.tokens}"
         candidate.predicted_ms = predict(table, candidate.model.spec)["total_ms"]
         candidates.append(candidate)
     if not candidates:
@@ -277,8 +279,7 @@ def _structure_ratios(config: OptimizeConfig, budget_ratio: float) -> list[float
     return [*ratios, budget_ratio]
 
 
-def _pruner(base, table_file: Path, config: OptimizeConfig, data: _Data, progress: bool):
-    from vitdeploy.lut.table import load_table
+def _pruner(base, table, table_file: Path, config: OptimizeConfig, data: _Data, progress: bool):
     from vitdeploy.prune.nvit_config import NViTConfig
     from vitdeploy.prune.structural import NViTPruner
 
@@ -286,23 +287,18 @@ def _pruner(base, table_file: Path, config: OptimizeConfig, data: _Data, progres
                       prune_step=config.prune_step, finetune_steps=config.step_finetune_steps,
                       final_finetune_steps=config.finetune_steps, round_to=config.round_to, lr=config.lr,
                       batch_size=config.batch_size, seed=config.seed, threads=config.threads)
-    return NViTPruner(base, nvit, data.train, load_table(table_file), progress)
+    return NViTPruner(base, nvit, data.train, table, progress)
 
 
-def _add_token_plan(candidate: Candidate, table_file: Path, config: OptimizeConfig, data: _Data,
-                    progress: bool) -> None:
-    """Give ``candidate`` the token plan meeting the budget, or drop its model if none can."""
+def _token_plan(structure, table_file: Path, config: OptimizeConfig, data: _Data, progress: bool):
+    """(model, report): ``structure`` with the token plan meeting the budget; ``VitDeployError`` if
+    the method cannot go that low."""
     from vitdeploy.prune.token_config import TokenPruneConfig
     from vitdeploy.prune.token_methods import prune_tokens
 
-    images = data.calib_images[:config.calib_size]
     tokens = TokenPruneConfig(method=config.tokens, target_latency_ms=config.budget_ms, lut=str(table_file),
                               calib_size=config.calib_size, seed=config.seed)
-    try:
-        candidate.model, candidate.token_report = prune_tokens(candidate.model, tokens, images, progress=progress)
-        candidate.name += f" + {config.tokens}"
-    except VitDeployError as exc:
-        candidate.model, candidate.token_report = None, {"unreachable": str(exc)}
+    return prune_tokens(structure, tokens, data.calib_images, progress=progress)
 
 
 def _finish(base, chosen: Candidate, pruner, table, drift, config: OptimizeConfig, data: _Data, work: Path) -> dict:
