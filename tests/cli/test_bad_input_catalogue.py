@@ -430,6 +430,12 @@ CASES = [
          "prune uniform m --target-latency-ms 0.000001 --lut tt.json --out o", (model(), tiny_table())),
     Case("prune-uniform-latency-table-for-other-geometry", "latency table",
          "prune uniform m --target-latency-ms 5 --lut t.json --out o", (model(), table())),
+    Case("optimize-width-step-above-1", "option", "optimize m --budget-ms 5 --width-step 1.5 --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("prune-uniform-latency-target-zero", "option", "prune uniform m --target-latency-ms 0 --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("lut-build-round-to-without-for", "option", "lut build --grid quick --round-to 16 --out tables"),
+    Case("lut-build-calibrate-without-for", "option", "lut build --grid quick --calibrate 3 --out tables"),
     Case("lut-build-for-unknown-model", "latency table", "lut build --for nothing --out tables"),
     Case("lut-build-for-and-grid", "option", "lut build --for m --grid quick --out tables", (model(),)),
     # signals
