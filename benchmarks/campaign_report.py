@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from train_throughput import throughput_table
+
 from vitdeploy.tables import format_table
 
 ANCHORS = ("Published anchors: STAR 1.84× for DeiT-S at 1.77× fewer FLOPs (A100, fp32); NViT-B 1.86× at 2.57× "
@@ -19,7 +21,8 @@ def campaign_markdown(results: dict) -> str:
                      [[name, stage["status"], _number(stage.get("seconds"), ".0f")] for name, stage in stages.items()]),
     ]
     renderers = {"matmul_peak": peak_section, "fmnist": fmnist_section, "tests": tests_section,
-                 "speed": speed_section, "latency_table": latency_table_section}
+                 "speed": speed_section, "train_throughput": train_throughput_section,
+                 "torchrun_smoke": torchrun_smoke_section, "latency_table": latency_table_section}
     for name, stage in stages.items():
         if stage["status"] == "error" and "error" in stage:
             sections.append(f"## {name}: error\n\n```\n{stage['error'].strip()}\n```")
@@ -78,12 +81,32 @@ def speed_section(stage: dict) -> str:
     return "\n\n".join(parts)
 
 
+def train_throughput_section(stage: dict) -> str:
+    plan, goals, meets = stage["plan"], stage["goals"], stage["meets_goals"]
+    return (f"## Training throughput ({stage['model']}, distilled fine-tune step with DeiT's augmentation, "
+            f"{stage['precision']}, {plan['steps']} timed steps after {plan['warmup']} warm-up steps)\n\n"
+            + throughput_table([stage["engine"]])
+            + f"\n\nAnchor: a plain loop on a batch already on the device ({stage['anchor']['implementation']} "
+            f"model). At least {goals['anchor_ratio']:.2f}× the anchor: {_yes(meets['anchor_ratio'])}; "
+            f"waiting for data under {goals['data_wait_fraction']:.0%} of the time: {_yes(meets['data_wait'])}.")
+
+
+def torchrun_smoke_section(stage: dict) -> str:
+    outcome = "timed out" if stage["timed_out"] else f"exit status {stage['returncode']}"
+    tail = "\n".join(stage.get("output_tail", []))
+    return f"## torchrun smoke: {outcome}\n\n`{stage['command']}`" + (f"\n\n```\n{tail}\n```" if tail else "")
+
+
 def latency_table_section(stage: dict) -> str:
     rows = [[m["name"], _number(m["predicted_ms"], ".3f"), _number(m["measured_ms"], ".3f"),
              _number(m["error_pct"], "+.1f")] for m in stage["models"]]
     return (f"## Latency table {stage['file']} (grid {stage['grid']}, batch {stage['batch']}, built in "
             f"{stage['build_seconds']:.0f} s): MAPE {stage['mape_pct']:.1f}% over {len(rows)} held-out pruned specs\n\n"
             + format_table(["model", "predicted ms", "measured ms", "error %"], rows))
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def _number(value: float | None, spec: str) -> str:

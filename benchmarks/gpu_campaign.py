@@ -17,7 +17,15 @@ next one runs; the exit status is 1 if any stage failed.
    p50/p99 latency, throughput, speedup next to the FLOPs reduction, and MFU. A variant that
    fails under CUDA graphs is timed again eagerly, next to an eager baseline. The stage starts
    no new (model, precision) group when less than ``reserve_s`` of the time budget is left.
-5. ``latency_table``: a torch bf16 latency table on the DeiT-S grid (``cpu-small``) at batch 64,
+5. ``train_throughput``: vitdeploy's training engine on a distilled DeiT-S fine-tune step in bf16 at
+   batch 256 (30 timed steps after 10 warm-up steps), with DeiT's augmentation on generated
+   500×375 JPEGs decoded by the loader workers, next to a plain timm loop on the same model and
+   batch (``train_throughput.py``): images/s, the share of the time spent waiting for data and
+   the ratio to the plain loop, against the goals (at least 0.95× the plain loop, under 5% waiting).
+6. ``torchrun_smoke``: ``vitdeploy train`` (fmnist_vit, 4 steps on generated JPEGs) launched by
+   ``torchrun --nproc-per-node 1`` on the campaign's device: its exit status. With one process no
+   process group is started, so this checks torchrun's launch and environment, not collectives.
+7. ``latency_table``: a torch bf16 latency table on the DeiT-S grid (``cpu-small``) at batch 64,
    with CUDA graphs, written as DIR/<device>-torch-bf16.json, and its MAPE on 10 held-out pruned
    DeiT-S specs measured on the same GPU (``lut.evaluate_table``).
 
@@ -55,7 +63,7 @@ import time
 import traceback
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +71,10 @@ import torch
 
 from campaign_report import campaign_markdown
 from campaign_variants import BASELINE, campaign_variants
+from train_throughput import (GOAL_DATA_WAIT, GOAL_RATIO, ThroughputPlan, goals_met, measure_anchor, measure_engine,
+                              seeded_model, with_anchor, write_training_folder)
 
+from vitdeploy import runtime
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
 from vitdeploy.backends.torch import DTYPES
 from vitdeploy.hardware import cpu_count, device_name, device_slug, environment
@@ -82,6 +93,10 @@ REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 1
 FMNIST_BATCH = 1000
 LUT_PRECISION = "bf16"
+TRAIN_PRECISION = "bf16"
+TORCHRUN_TRAIN_ARGS = ("train", "--model", "fmnist_vit", "--epochs", "1", "--batch-size", "64", "--quiet")
+TORCHRUN_DATA = ThroughputPlan(batch=64, steps=4, warmup=0, images=32)
+"""The torchrun smoke's training data: generated JPEGs, so that no data set has to travel."""
 GPU_TESTS = (("-m", "gpu", "tests"), ("tests/models/test_timm_parity.py", "-k", "live"))
 SMOKE_TESTS = (("-m", "gpu", "tests/backends/test_backends.py"), ("tests/models/test_timm_parity.py", "-k", "live"))
 
@@ -111,9 +126,12 @@ class Settings:
     fmnist_limit: int | None
     test_runs: tuple[tuple[str, ...], ...]
     tests_timeout_s: float
+    train_model: ViTSpec
+    train_plan: ThroughputPlan
+    torchrun_timeout_s: float
     budget_s: float
     reserve_s: float
-    """Time kept for the latency table: the speed stage starts no new group with less left."""
+    """Time kept for the stages after the speed stage: it starts no new group with less left."""
     device: str = "cuda"
 
 
@@ -122,14 +140,17 @@ GPU = Settings(
     batches=(1, 64, 256), precisions=("bf16", "fp16"), timing=TimingPlan(warmup=10, iters=100, rounds=10),
     matmul_size=8192, lut_grid="cpu-small", lut_batch=64, lut_timing=None,
     lut_base=get_spec("deit_small_patch16_224"), held_out=10, fmnist_limit=None, test_runs=GPU_TESTS,
-    tests_timeout_s=120, budget_s=400, reserve_s=120,
+    tests_timeout_s=120, train_model=get_spec("deit_small_patch16_224"),
+    train_plan=ThroughputPlan(batch=256, steps=30, warmup=10), torchrun_timeout_s=120, budget_s=400, reserve_s=180,
 )
 SMOKE = Settings(
     models=(smoke_spec("smoke-vit", depth=11, embed_dim=128, heads=2),),
     batches=(1, 2), precisions=("bf16",), timing=TimingPlan(warmup=1, iters=2, rounds=2),
     matmul_size=256, lut_grid="quick", lut_batch=2, lut_timing=TimingPlan(warmup=1, iters=2, rounds=1),
     lut_base=smoke_spec("smoke-lut", depth=2, embed_dim=32, heads=2), held_out=2, fmnist_limit=64,
-    test_runs=SMOKE_TESTS, tests_timeout_s=120, budget_s=600, reserve_s=0,
+    test_runs=SMOKE_TESTS, tests_timeout_s=120, train_model=smoke_spec("smoke-train", depth=2, embed_dim=32, heads=2),
+    train_plan=ThroughputPlan(batch=8, steps=2, warmup=1, workers=1, images=8), torchrun_timeout_s=120,
+    budget_s=600, reserve_s=0,
 )
 
 
@@ -186,7 +207,8 @@ class Campaign:
         started = time.monotonic()
         stages: dict[str, Callable[[], dict]] = {
             "matmul_peak": self.matmul_peak, "fmnist": self.fmnist, "tests": self.tests,
-            "speed": self.speed, "latency_table": self.latency_table,
+            "speed": self.speed, "train_throughput": self.train_throughput, "torchrun_smoke": self.torchrun_smoke,
+            "latency_table": self.latency_table,
         }
         for name, stage in stages.items():
             self.results["stages"][name] = self._run_stage(name, stage)
@@ -252,7 +274,7 @@ class Campaign:
                     skipped.append(f"{spec.name} {precision}")
                     continue
                 try:
-                    variants = variants or campaign_variants(seeded_model(spec))
+                    variants = variants or campaign_variants(seeded_model(spec, 0).eval())
                     shapes[spec.name] = {name: variant_shape(variant.spec) for name, variant in variants.items()}
                     groups.append(self._speed_group(spec.name, variants, precision))
                 except Exception:  # the other groups still run; the stage then reports an error
@@ -275,6 +297,35 @@ class Campaign:
         return {"model": model, "precision": precision, "failed": failed,
                 "rows": with_flops_reduction([speed_row(row, model, peak) for row in rows])}
 
+    def train_throughput(self) -> dict:
+        spec, plan = self.settings.train_model, self.settings.train_plan
+        rt = runtime.resolve(self.settings.device, TRAIN_PRECISION)
+        with tempfile.TemporaryDirectory(prefix="campaign-train-") as work:
+            folder = write_training_folder(Path(work), plan, spec.num_classes)
+            with runtime.use(rt):
+                engine = measure_engine(spec, folder, plan)
+        anchor = measure_anchor(spec, plan, rt)
+        free_device_memory()
+        row = with_anchor(engine, anchor)
+        return {"model": spec.name, "precision": rt.amp, "plan": asdict(plan), "engine": row, "anchor": anchor,
+                "goals": {"anchor_ratio": GOAL_RATIO, "data_wait_fraction": GOAL_DATA_WAIT},
+                "meets_goals": goals_met(row)}
+
+    def torchrun_smoke(self) -> dict:
+        launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "vitdeploy")
+        with tempfile.TemporaryDirectory(prefix="campaign-torchrun-") as work:
+            data = write_training_folder(Path(work) / "data", TORCHRUN_DATA, num_classes=10)
+            command = [sys.executable, *launcher, *TORCHRUN_TRAIN_ARGS, "--data", str(data), "--device",
+                       self.settings.device, "--out", str(Path(work) / "model")]
+            try:
+                completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                           timeout=self.settings.torchrun_timeout_s)
+            except subprocess.TimeoutExpired:
+                return {"status": "error", "command": shlex.join(command), "returncode": None, "timed_out": True}
+        return {"status": "ok" if completed.returncode == 0 else "error", "command": shlex.join(command),
+                "returncode": completed.returncode, "timed_out": False,
+                "output_tail": (completed.stdout + completed.stderr).strip().splitlines()[-10:]}
+
     def latency_table(self) -> dict:
         config = BuildConfig(device=self.settings.device, precision=LUT_PRECISION,
                              cuda_graphs=self.settings.device == "cuda")
@@ -291,12 +342,6 @@ class Campaign:
 
 
 # --- speed -----------------------------------------------------------------------------------------
-
-def seeded_model(spec: ViTSpec) -> ViT:
-    model = ViT(spec)
-    model.reset_parameters(0)
-    return model.eval()
-
 
 def variant_shape(spec: ViTSpec) -> dict:
     """What a variant's speed depends on: its dims, the patch tokens entering each block, its sparsity."""
@@ -444,6 +489,7 @@ def settings_summary(settings: Settings) -> dict:
     summary = dataclasses.asdict(settings)
     summary["models"] = [spec.name for spec in settings.models]
     summary["lut_base"] = settings.lut_base.name
+    summary["train_model"] = settings.train_model.name
     return summary
 
 

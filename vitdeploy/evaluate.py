@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vitdeploy import runtime
 from vitdeploy.data import batches, dataset_for
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export import check
@@ -37,14 +38,23 @@ class EvalOptions:
 
 @torch.no_grad()
 def predict(model: ViT, dataset, batch_size: int = EVAL_BATCH, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted labels, true labels) over a whole dataset."""
-    model.eval()
-    predictions, labels = [], []
-    for x, y in tqdm(batches(dataset, batch_size), desc="torch eval", disable=not progress,
-                     total=math.ceil(len(dataset) / batch_size)):
-        predictions.append(finite_logits(model(x), "the model").argmax(-1))
-        labels.append(y)
-    return torch.cat(predictions), torch.cat(labels)
+    """(predicted labels, true labels) over a whole dataset, computed on the current runtime's
+    device. In a torchrun job each process predicts its share of every batch and every process
+    gets all the predictions, so each image is counted exactly once."""
+    rt = runtime.current()
+    predictions = torch.zeros(len(dataset), dtype=torch.long)
+    labels = torch.zeros(len(dataset), dtype=torch.long)
+    with rt.on_device(model), rt.autocast():
+        model.eval()
+        for index, (x, y) in enumerate(tqdm(batches(dataset, batch_size, shard=True), desc="torch eval",
+                                            disable=not progress, total=math.ceil(len(dataset) / batch_size))):
+            first = index * batch_size
+            start = first + rt.shard_bounds(min(batch_size, len(dataset) - first))[0]
+            predictions[start:start + len(y)] = finite_logits(model(rt.to_device(x)[0]), "the model").argmax(-1).cpu()
+            labels[start:start + len(y)] = torch.as_tensor(y)
+    if rt.world_size > 1:  # each entry is filled by one process and 0 elsewhere
+        predictions, labels = rt.reduce_sum(predictions).long(), rt.reduce_sum(labels).long()
+    return predictions, labels
 
 
 def finite_logits(logits, source: str):

@@ -7,7 +7,8 @@ Several outputs of one command are staged together (``atomic_paths``) and moved 
 when all of them are complete. Parent directories created for an output that then fails are
 removed again. Temporaries carry the writer's process id, so ones left by a killed process are
 removed by the next write beside them. An OS error while writing (permissions, read-only file
-system, full disk) becomes an ``OutputError``: one line naming the output.
+system, full disk) becomes an ``OutputError``: one line naming the output. In a torchrun job only
+the main process writes: the others stage into a private temporary directory that is discarded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -53,6 +55,10 @@ def atomic_paths(*targets: str | os.PathLike, suffixes: Iterable[str] = ()) -> I
     """
     targets = tuple(Path(t) for t in targets)
     suffixes = tuple(suffixes) or ("",) * len(targets)
+    if not _main_process():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield tuple(Path(scratch) / f"{i}-{t.name}{s}" for i, (t, s) in enumerate(zip(targets, suffixes)))
+        return
     for target in targets:
         if target.is_dir():
             raise VitDeployError(f"{target} is a directory; give a file name")
@@ -76,6 +82,10 @@ def atomic_dir(target: str | os.PathLike, owned_names: Iterable[str]) -> Iterato
     (the files this kind of directory holds); anything else raises ``VitDeployError``.
     """
     _check_replaceable(Path(target), set(owned_names))
+    if not _main_process():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
     target = Path(target).absolute()
     with _created_parents((target,)), _naming_output(target):
         remove_stale_temporaries(target)
@@ -253,6 +263,13 @@ def _mkstemp(target: Path, suffix: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def _main_process() -> bool:
+    """Whether this process writes: always, unless a torchrun session made it a secondary rank
+    (``vitdeploy.runtime`` is only looked up, so writing files never imports torch)."""
+    runtime = sys.modules.get("vitdeploy.runtime")
+    return runtime is None or runtime.current().main
 
 
 def _temp_prefix(target: Path) -> str:

@@ -135,18 +135,19 @@ class Candidate:
                 "macs": total_macs(self.model.spec), "dims": dims_summary(self.model.spec)}
 
 
-def optimize(model, config: OptimizeConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run the search and write ``out`` (see the module docstring); return optimize.json's content."""
+def optimize(model, config: OptimizeConfig, out: str | Path, progress: bool = True, pipeline=None) -> dict:
+    """Run the search and write ``out`` (see the module docstring); return optimize.json's content.
+    ``pipeline`` (a ``vitdeploy.data.pipeline.Pipeline``) prepares image-folder training data."""
     from vitdeploy.io import atomic_dir, check_output_dir
     from vitdeploy.threads import torch_threads
 
     config.validate()
     check_output_dir(out, OUTPUT_FILES)
     with torch_threads(config.threads), atomic_dir(out, OUTPUT_FILES) as work:
-        return _optimize(model, config, Path(work), progress)
+        return _optimize(model, config, Path(work), progress, pipeline)
 
 
-def _optimize(base, config: OptimizeConfig, work: Path, progress: bool) -> dict:
+def _optimize(base, config: OptimizeConfig, work: Path, progress: bool, pipeline) -> dict:
     from vitdeploy.lut.measure import table_for_model
     from vitdeploy.lut.table import load_table, predict, save_table
     from vitdeploy.prune.structural import smallest_spec
@@ -162,7 +163,7 @@ def _optimize(base, config: OptimizeConfig, work: Path, progress: bool) -> dict:
     base_ms = predict(table, base.spec)["total_ms"]
     smallest = smallest_spec(base.spec, config.round_to)
     _require_reachable(base, smallest, table, config)
-    data = _Data(base, config)
+    data = _Data(base, config, pipeline)
     pruner, candidates, unreachable = _candidates(base, smallest, table, table_file, config, data, progress)
     for candidate in tqdm(candidates, desc="proxy top-1", disable=not progress):
         candidate.proxy_top1 = data.proxy_top1(candidate.model)
@@ -182,6 +183,7 @@ def _table_file(base, config: OptimizeConfig, progress: bool) -> str:
     """``config.lut``, or this machine's CPU table for the model, built now if there is none yet."""
     if config.lut is not None:
         return config.lut
+    from vitdeploy import runtime
     from vitdeploy.backends import BuildConfig
     from vitdeploy.hardware import device_name
     from vitdeploy.lut import build_table_for, model_table_path, save_table
@@ -191,7 +193,8 @@ def _table_file(base, config: OptimizeConfig, progress: bool) -> str:
     if not path.exists():
         tqdm.write(f"no latency table for {base.spec.name} on this machine yet: building {path} (minutes)")
         build_config = BuildConfig(batch_sizes=(batch,), threads=config.threads).validate()
-        save_table(build_table_for(base.spec, backend, build_config, batch, config.round_to, progress=progress), path)
+        runtime.current().from_main(lambda: save_table(
+            build_table_for(base.spec, backend, build_config, batch, config.round_to, progress=progress), path))
     return str(path)
 
 
@@ -216,7 +219,7 @@ def _require_reachable(base, smallest, table, config: OptimizeConfig) -> None:
 class _Data:
     """The training split (pruning, calibration, fine-tuning), the proxy sample and the test split."""
 
-    def __init__(self, model, config: OptimizeConfig):
+    def __init__(self, model, config: OptimizeConfig, pipeline=None):
         import torch
         from torch.utils.data import Subset
 
@@ -224,7 +227,7 @@ class _Data:
         from vitdeploy.prune.calibrate import calibration_images
 
         self.config = config
-        self.train = dataset_for(model, config.data, "train", resize=config.resize)
+        self.train = dataset_for(model, config.data, "train", resize=config.resize, pipeline=pipeline)
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(config.seed + 7))
         self.proxy = Subset(self.train, order[:config.proxy_images].tolist())
         self.test = dataset_for(model, config.data, "test", config.eval_limit, config.resize)

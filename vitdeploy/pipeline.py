@@ -139,13 +139,13 @@ def _prepare(recipe: Recipe, where: str) -> _Prepared:
     return _Prepared(recipe, export, stages)
 
 
-def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bool = False) -> dict:
+def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bool = False, pipeline=None) -> dict:
     """Run every stage of ``recipe`` into a fresh directory, then move it to ``out`` (replacing it)."""
     from vitdeploy.io import atomic_dir
 
     prepared = _prepare(recipe, f"recipe {recipe.name}")
     with atomic_dir(out, _owned_names(recipe, out)) as work:
-        summary = _run(prepared, work, limit, progress)
+        summary = _run(prepared, work, limit, progress, pipeline)
     return summary
 
 
@@ -155,7 +155,8 @@ def _owned_names(recipe: Recipe, out: Path) -> set[str]:
     return {"summary.json", "summary.md", "baseline", *(v.name for v in recipe.variants), *bench_files}
 
 
-def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool) -> dict:
+def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool, pipeline) -> dict:
+    from vitdeploy import runtime
     from vitdeploy.hardware import environment
     from vitdeploy.io import write_bytes_atomic, write_json_atomic
     from vitdeploy.models.flops import total_macs
@@ -169,15 +170,15 @@ def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool) -> d
     models, prune_reports = {"baseline": base}, {"baseline": []}
     for variant in tqdm(recipe.variants, desc="prune", disable=not progress or not recipe.variants):
         models[variant.name], prune_reports[variant.name] = _make_variant(
-            base, variant, prepared.stages[variant.name], out / variant.name, recipe.resize, progress)
+            base, variant, prepared.stages[variant.name], out / variant.name, recipe.resize, progress, pipeline)
     rows = [_export_and_eval(prepared, v, models[v.name], prune_reports[v.name], out / v.name, base_macs, limit,
                              progress)
             for v in tqdm(variants, desc="export", disable=not progress)]
     summary = {"recipe": recipe.name, "model": recipe.model, "data": recipe.data, "split": recipe.split,
                "command": shlex.join(["vitdeploy", *sys.argv[1:]]), "environment": environment(),
                "variants": rows}
-    if recipe.bench is not None:
-        summary["bench"] = _bench(recipe.bench, models, rows, out, progress)
+    if recipe.bench is not None:  # timed by the main process alone in a torchrun job
+        summary["bench"] = runtime.current().from_main(lambda: _bench(recipe.bench, models, rows, out, progress))
     write_json_atomic(out / "summary.json", summary)
     write_bytes_atomic(out / "summary.md", (summary_table(summary) + "\n").encode())
     return summary
@@ -194,13 +195,14 @@ def _check_keep_plans(recipe: Recipe, base) -> None:
 
 
 def _make_variant(base, variant: Variant, stages: list, out: Path, resize: bool,
-                  progress: bool) -> tuple[Any, list[dict]]:
+                  progress: bool, pipeline) -> tuple[Any, list[dict]]:
     from vitdeploy.prune.registry import PruneContext
     from vitdeploy.models.token_plan import apply_keep_plan
 
     model, reports = base, []
     for method, config, stage in stages:
-        context = PruneContext(data=stage.data, out=str(out / "model"), resize=resize, progress=progress)
+        context = PruneContext(data=stage.data, out=str(out / "model"), resize=resize, progress=progress,
+                               pipeline=pipeline)
         model, report = method.prune(model, config, context)
         reports.append(report)
     if variant.keep:

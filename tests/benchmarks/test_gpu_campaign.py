@@ -3,6 +3,7 @@ while it waits for a GPU, plus its time guard and its fallback for variants that
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from vitdeploy.bench.harness import TimingPlan
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_campaign.py"
-STAGES = ("matmul_peak", "fmnist", "tests", "speed", "latency_table")
+STAGES = ("matmul_peak", "fmnist", "tests", "speed", "train_throughput", "torchrun_smoke", "latency_table")
 
 
 def run_campaign(*args, out: Path) -> subprocess.CompletedProcess:
@@ -53,6 +54,7 @@ def test_smoke_writes_every_file_named_after_the_device(smoke):
     assert results["device"] == cpu_name() and results["smoke"] is True
     markdown = (out / f"{slug}-campaign.md").read_text()
     assert "## Speed" in markdown and "MAPE" in markdown and "TensorRT: not executed" in markdown
+    assert "## Training throughput" in markdown and "## torchrun smoke: exit status 0" in markdown
 
 
 @pytest.mark.slow
@@ -92,6 +94,21 @@ def test_smoke_measures_accuracy_table_and_tests(smoke):
     assert all(run["returncode"] == 0 and run["skipped"] > 0 for run in stages["tests"]["runs"])
 
 
+@pytest.mark.slow
+def test_smoke_measures_training_throughput_and_trains_under_torchrun(smoke):
+    _, _, results = smoke
+    train = results["stages"]["train_throughput"]
+    engine, anchor = train["engine"], train["anchor"]
+    assert train["model"] == "smoke-train" and train["precision"] == "bf16"
+    assert engine["images_per_s"] > 0 and anchor["images_per_s"] > 0 and engine["batch"] == anchor["batch"] == 8
+    assert 0 <= engine["data_wait_fraction"] <= 1
+    assert engine["anchor_ratio"] == pytest.approx(engine["images_per_s"] / anchor["images_per_s"])
+    assert train["meets_goals"]["data_wait"] == (engine["data_wait_fraction"] < train["goals"]["data_wait_fraction"])
+    torchrun = results["stages"]["torchrun_smoke"]
+    assert torchrun["returncode"] == 0 and not torchrun["timed_out"]
+    assert "torch.distributed.run" in torchrun["command"] and "test top-1" in torchrun["output_tail"][-1]
+
+
 def test_a_spent_budget_skips_every_stage_and_fails(tmp_path):
     completed = run_campaign("--device", "cpu", "--smoke", "--budget-s", "0", out=tmp_path)
     assert completed.returncode == 1
@@ -127,8 +144,12 @@ def test_the_markdown_shows_failed_stages_and_groups(monkeypatch):
                           "speed": {"status": "error", "seconds": 2.0, "skipped": [], "shapes": {},
                                     "groups": [{"model": "deit_base_patch16_224", "precision": "fp16",
                                                 "error": "torch.OutOfMemoryError: CUDA out of memory"}]},
+                          "torchrun_smoke": {"status": "error", "seconds": 9.0, "returncode": 1, "timed_out": False,
+                                             "command": "python3 -m torch.distributed.run -m vitdeploy train",
+                                             "output_tail": ["vitdeploy: error: cannot join the torchrun job"]},
                           "latency_table": {"status": "skipped", "reason": "the time budget (--budget-s) was spent"}}}
     markdown = campaign_markdown(results)
     assert "## matmul_peak: error" in markdown and "RuntimeError: boom" in markdown
     assert "### deit_base_patch16_224 fp16: error" in markdown and "CUDA out of memory" in markdown
-    assert "| latency_table | skipped |" in markdown
+    assert "## torchrun smoke: exit status 1" in markdown and "cannot join the torchrun job" in markdown
+    assert re.search(r"\| latency_table +\| skipped +\|", markdown)

@@ -48,6 +48,8 @@ class Case:
     subprocess: bool = False
     signal: int | None = None
     """Send this signal once the command has started writing (subprocess rows only)."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment variables (subprocess rows only), e.g. the ones torchrun sets."""
 
 
 # --- setups: each builds inputs in the case's directory -------------------------------------------------
@@ -156,6 +158,32 @@ def recipe(name: str = "r.json", **fields) -> Setup:
     base = {"name": "r", "model": "m", "variants": [{"name": "keep70", "keep": "2:0.7"}],
             "export": {"selection": "topk", "target": "onnxruntime", "opset": 18}, "data": "fashion-mnist"}
     return file(name, {**base, **fields})
+
+
+def jpeg_folder(root: str, classes: int = 2, per_class: int = 4, bad: str | None = None,
+                empty_class: bool = False) -> Setup:
+    """``root/train/class<i>/<n>.jpg``; ``bad`` names one more file holding no image, and
+    ``empty_class`` adds a class folder without images."""
+    def build(w: Path, assets) -> None:
+        from PIL import Image
+
+        for index in range(classes):
+            folder = w / root / "train" / f"class{index}"
+            folder.mkdir(parents=True)
+            for n in range(per_class):
+                Image.new("RGB", (40, 40), (index * 40, n * 20, 0)).save(folder / f"{n}.jpg")
+        if bad:
+            (w / root / "train" / "class0" / bad).write_bytes(b"\xff\xd8 not a jpeg")
+        if empty_class:
+            (w / root / "train" / f"class{classes}").mkdir()
+    return build
+
+
+def spvit_checkpoint_of_another_run(out: str) -> Setup:
+    def build(w: Path, assets) -> None:
+        (w / f"{out}.spvit-work").mkdir()
+        torch.save({"format": 2, "identity": {"config": {"budget_flops": 0.3}}}, w / f"{out}.spvit-work" / "checkpoint.pt")
+    return build
 
 
 def old_outputs(*names: str) -> Setup:
@@ -398,6 +426,24 @@ CASES = [
     Case("prune-calib-missing", "data", "prune star m --out o --calib nodata --target-flops 0.7", (model(),)),
     Case("export-parity-data-missing", "data", "export m --out x.onnx --parity-data nodata", (model(),)),
     Case("train-data-missing", "data", "train --data nodata --out o --limit 8 --epochs 1"),
+    Case("prune-calib-class-folder-without-images", "data",
+         "prune nvit m --calib d --out o --target-flops 0.8 --quiet",
+         (model(), jpeg_folder("d", empty_class=True))),
+    Case("prune-calib-undecodable-jpeg", "data", "prune nvit m --calib d --out o --target-flops 0.8 --quiet",
+         (model(), jpeg_folder("d", bad="broken.jpg"))),
+    Case("train-undecodable-jpeg-in-a-loader-worker", "data",
+         "train --data d --out o --epochs 1 --batch-size 4 --workers 1 --quiet", (jpeg_folder("d", bad="broken.jpg"),)),
+
+    # devices, precision and processes
+    *([] if torch.cuda.is_available() else [
+        Case("train-device-cuda-without-a-gpu", "option", "train --out o --limit 8 --epochs 1 --device cuda")]),
+    Case("train-amp-fp16-on-cpu", "option", "train --out o --limit 8 --epochs 1 --device cpu --amp fp16"),
+    Case("prune-device-not-a-device", "option", "prune nvit m --calib fashion-mnist --out o --device tpu", (model(),)),
+    Case("train-world-size-does-not-divide-the-batch", "option", "train --out o --limit 8 --epochs 1 --batch-size 30",
+         subprocess=True, env=(("WORLD_SIZE", "4"), ("RANK", "0"), ("LOCAL_RANK", "0"))),
+    Case("prune-spvit-resume-of-another-run", "checkpoint",
+         "prune spvit m --out o --data fashion-mnist --epochs 1 --limit 64 --val-size 16",
+         (model(), spvit_checkpoint_of_another_run("o"))),
 
     # latency budgets: tables that do not fit the request, budgets no model reaches
     Case("optimize-no-budget", "option", "optimize m --lut tt.json --out o", (model(), tiny_table())),
@@ -480,7 +526,7 @@ HOLD_BEFORE_COMMIT = (
 def run_subprocess(case: Case, cwd: Path) -> tuple[int, str]:
     entry = ["-c", HOLD_BEFORE_COMMIT] if case.signal is not None else ["-m", "vitdeploy.cli"]
     command = [sys.executable, *entry, *case.argv.split()]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **dict(case.env)}
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     if case.signal is not None:

@@ -10,6 +10,7 @@ from tests.conftest import tiny_model
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from vitdeploy.data.loader import CropFlip
 from vitdeploy.errors import VitDeployError
 from vitdeploy.train.config import TrainConfig
 from vitdeploy.train.loop import fine_tune
@@ -71,7 +72,7 @@ def small_trainer(model, total_steps=20, seed=0):
     groups = [{**group, "lr": 1e-2, "min_lr": 1e-3} for group in param_groups(model, 0.01)]
     groups[1]["lr"] = 5e-2  # a second peak, without a floor
     del groups[1]["min_lr"]
-    return Trainer(model, groups, Schedule(total_steps, warmup_steps=2), seed, crop_padding=1)
+    return Trainer(model, groups, Schedule(total_steps, warmup_steps=2), seed, CropFlip(1))
 
 
 def test_a_step_sets_each_groups_lr_from_its_own_range_and_trains():

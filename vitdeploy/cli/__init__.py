@@ -20,6 +20,7 @@ import sys
 import typing
 
 from vitdeploy.cli._common import print_notes
+from vitdeploy.cli._runtime import runtime_session
 from vitdeploy.errors import VitDeployError
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     received: list[int] = []
     with _signals_raise(received):
         try:
-            code = args.run(args) or 0
+            with runtime_session(args):
+                code = args.run(args) or 0
             print_notes(args)
             return code
         except BaseException as exc:  # noqa: BLE001 - each kind is answered or re-raised in _answer

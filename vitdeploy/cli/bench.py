@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from vitdeploy.cli._common import MODEL_HELP, check_onnx_files, print_json_or
-from vitdeploy.cli._options import batch_list, positive_int, threads_count, whole_number_in
+from vitdeploy.cli._options import batch_list, threads_count, whole_number_in
 
 
 def register(sub) -> None:

@@ -7,6 +7,7 @@ import sys
 from vitdeploy.models.spec import SELECTION_METHODS
 from vitdeploy.cli._options import positive_int
 from vitdeploy.cli._common import check_onnx_files, load_model_arg, model_arguments, print_json_or
+from vitdeploy.cli._runtime import add_runtime_options
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--selection", choices=SELECTION_METHODS, default="topk",
                    help="token selection in the temporary ONNX export (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_runtime_options(p, training=False)
     p.set_defaults(run=_run_eval)
 
 

@@ -7,6 +7,7 @@ import argparse
 
 from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_from, print_json_or
 from vitdeploy.cli._options import add_config_options, config_values, threads_count
+from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 
 EXAMPLES = """\
 examples:
@@ -59,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print optimize.json instead of a summary")
     group = p.add_argument_group("search settings")
     add_config_options(group, OptimizeConfig, OPTIONS, choices={"search": SEARCHES})
+    add_runtime_options(p)
     p.set_defaults(run=_run)
 
 
@@ -68,5 +70,5 @@ def _run(args) -> None:
     values = config_values(args, OPTIONS)
     config = OptimizeConfig(**values, threads=args.threads).validate()
     model = load_model_from(args, args.model)
-    result = optimize(model, config, args.out, progress=not args.quiet)
+    result = optimize(model, config, args.out, progress=not args.quiet, pipeline=pipeline_from(args))
     print_json_or(args, result, summary_table(result) + f"\nsaved {args.out}")

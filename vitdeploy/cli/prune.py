@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_from, print_json_or
 from vitdeploy.cli._options import add_config_options, config_values, positive_int, threads_count
+from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 from vitdeploy.errors import VitDeployError
 from vitdeploy.prune.registry import PruneContext, PruneMethod, all_methods
 
@@ -50,6 +51,7 @@ def _add_method(sub, method: PruneMethod) -> None:
     p.add_argument("--json", action="store_true", help="print prune.json instead of a summary")
     add_config_options(p.add_argument_group(f"{method.name} settings"), method.config, method.options,
                        method.choices, method.defaults)
+    add_runtime_options(p)
     p.set_defaults(run=lambda args: _run(method, args))
 
 
@@ -69,7 +71,7 @@ def _run(method: PruneMethod, args) -> None:
     model = load_model_from(args, args.model)
     eval_data = dataset_for(model, args.eval, "test", args.eval_limit, args.resize) if args.eval else None
     context = PruneContext(data=getattr(args, "data", None), eval_data=eval_data, out=args.out, resize=args.resize,
-                           progress=not args.quiet)
+                           progress=not args.quiet, pipeline=pipeline_from(args))
     pruned, report = method.prune(model, config, context)
     report.update(assumed=getattr(model, "assumptions", []), model=args.model, data=context.data, eval=args.eval,
                   command=shlex.join(["vitdeploy", *sys.argv[1:]]))

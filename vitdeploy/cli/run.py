@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vitdeploy.cli._common import print_json_or
 from vitdeploy.cli._options import positive_int
+from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 
 
 def register(sub) -> None:
@@ -17,6 +18,7 @@ def register(sub) -> None:
     p.add_argument("--out", default="out/default", help="output directory (default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only")
     p.add_argument("--json", action="store_true", help="print the JSON summary")
+    add_runtime_options(p)
     p.set_defaults(run=_run_recipe)
 
 
@@ -24,5 +26,5 @@ def _run_recipe(args) -> None:
     from vitdeploy.pipeline import load_recipe, run_recipe, summary_table
 
     summary = run_recipe(load_recipe(args.recipe), Path(args.out), limit=args.limit,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty() and not getattr(args, "quiet", False), pipeline=pipeline_from(args))
     print_json_or(args, summary, summary_table(summary))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitdeploy.cli._options import batch_size, float_in, positive_int, threads_count, whole_number_in
+from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 from vitdeploy.errors import VitDeployError
 
 
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float_in(0, 10, low_open=True), default=d.lr,
                    help="peak AdamW learning rate (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float_in(0, 1, high_open=True), default=d.label_smoothing,
-                   help="in [0, 1) (default: %(default)s)")
+                   help="in [0, 1), for Fashion-MNIST's labels (image folders: --smoothing) (default: %(default)s)")
     p.add_argument("--crop-padding", type=whole_number_in(0, 1024), default=d.crop_padding,
                    help="random-shift augmentation in pixels, 0 = off; flips are always on (default: %(default)s)")
     p.add_argument("--seed", type=whole_number_in(0, 2**32 - 1), default=d.seed, help="default: %(default)s")
@@ -30,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--init", metavar="MODEL_DIR",
                    help="start from this model directory's weights (fine-tuning) instead of a random init")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    add_runtime_options(p)
     p.set_defaults(run=_run_train)
 
 
@@ -52,7 +54,7 @@ def _run_train(args) -> None:
     else:
         model = ViT(get_spec(args.model))
         model.reset_parameters(args.seed)
-    report = train(model, config, progress=not args.quiet)
+    report = train(model, config, progress=not args.quiet, pipeline=pipeline_from(args))
     report["command"] = config.command(args.out)
     save_artifact(model, args.out, reports={"train.json": report})
     print(f"saved {args.out}: test top-1 {report['test_top1']:.4f} after {config.epochs} epochs "

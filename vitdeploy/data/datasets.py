@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitdeploy.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from vitdeploy.data.imagefolder import ImageFolderDataset
+from vitdeploy.data.loader import ShardedBatchSampler
+from vitdeploy.data.pipeline import Pipeline
 from vitdeploy.data.transforms import normalize, to_model_input
 from vitdeploy.errors import VitDeployError
 
@@ -78,12 +80,14 @@ def load_dataset(
     resize: bool = False,
     limit: int | None = None,
     root: str | os.PathLike | None = None,
+    pipeline: Pipeline | None = None,
 ) -> Dataset:
     """Load ``split`` of ``source`` ("fashion-mnist"/"fmnist" or an image-folder path) as model inputs.
 
     ``limit`` keeps the first N items. ``root`` is the Fashion-MNIST directory (default:
-    ``$VITDEPLOY_FASHION_MNIST`` or the Debian path). Image folders are always resized with the
-    standard evaluation transform, so ``resize`` only matters for Fashion-MNIST.
+    ``$VITDEPLOY_FASHION_MNIST`` or the Debian path). Image folders are resized with the standard
+    evaluation transform, so ``resize`` only matters for Fashion-MNIST. With a training
+    ``pipeline``, an image folder also serves augmented training items from loader workers.
     """
     if limit is not None and limit < 1:
         raise VitDeployError(f"limit must be a positive number of items, got {limit}")
@@ -105,7 +109,7 @@ def load_dataset(
             resize=resize,
         )
     if Path(source).is_dir():
-        return _load_image_folder(Path(source), split, img_size, in_chans, mean, std, limit)
+        return _load_image_folder(Path(source), split, img_size, in_chans, mean, std, limit, pipeline or Pipeline(None))
     raise VitDeployError(
         f"unknown data source {str(source)!r}: use 'fashion-mnist' (alias 'fmnist') "
         "or the path of an image folder laid out as <dir>/<class>/<image>"
@@ -120,6 +124,7 @@ def _load_image_folder(
     mean: Sequence[float],
     std: Sequence[float],
     limit: int | None,
+    pipeline: Pipeline,
 ) -> ImageFolderDataset:
     if split not in IMAGE_FOLDER_SPLITS:
         raise VitDeployError(
@@ -128,7 +133,8 @@ def _load_image_folder(
     split_dir = source / split
     folder = split_dir if split_dir.is_dir() else source
     transform = functools.partial(_normalize_uint8, mean=mean, std=std)
-    return ImageFolderDataset(folder, img_size, in_chans, transform=transform, limit=limit)
+    return ImageFolderDataset(folder, img_size, in_chans, transform=transform, limit=limit, augment=pipeline.augment,
+                              loader_workers=pipeline.workers)
 
 
 def _normalize_uint8(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -145,15 +151,25 @@ def holdout_split(dataset: Dataset, size: int) -> tuple[Subset, Subset]:
 
 
 def batches(
-    dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0
+    dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0, shard: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Iterate ``(x, y)`` batches; when shuffling, the order is fixed by ``seed``."""
+    """Iterate ``(x, y)`` batches; when shuffling, the order is fixed by ``seed``. With ``shard``,
+    ``batch_size`` is the global batch and this process of a torchrun job gets its share of each."""
     if batch_size < 1:
         raise VitDeployError(f"batch size must be at least 1, got {batch_size}")
+    if shard:
+        return _sharded_batches(dataset, batch_size, shuffle, seed)
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, InMemoryImageDataset):
         return _in_memory_batches(dataset, batch_size, shuffle, generator)
     return iter(DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0))
+
+
+def _sharded_batches(dataset: Dataset, batch_size: int, shuffle: bool, seed: int):
+    sampler = ShardedBatchSampler(dataset, batch_size, seed, shuffle, training=False)
+    if isinstance(dataset, InMemoryImageDataset):
+        return (dataset.batch(torch.tensor(keys, dtype=torch.long)) for keys in sampler)
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=0))
 
 
 def _in_memory_batches(
@@ -166,11 +182,13 @@ def _in_memory_batches(
         yield dataset.batch(order[start:stop] if order is not None else slice(start, stop))
 
 
-def dataset_for(model, source: str, split: str, limit: int | None = None, resize: bool = False):
-    """A dataset preprocessed for ``model``: its image size, channels, mean and std."""
+def dataset_for(model, source: str, split: str, limit: int | None = None, resize: bool = False,
+                pipeline: Pipeline | None = None):
+    """A dataset preprocessed for ``model``: its image size, channels, mean and std; ``pipeline``
+    says how its training items are made (see ``load_dataset``)."""
     spec = model.spec
     dataset = load_dataset(source, split, img_size=spec.img_size, in_chans=spec.in_chans,
-                           mean=spec.mean, std=spec.std, resize=resize, limit=limit)
+                           mean=spec.mean, std=spec.std, resize=resize, limit=limit, pipeline=pipeline)
     if len(dataset.classes) > spec.num_classes:
         raise VitDeployError(f"{source} has {len(dataset.classes)} classes but the model's head has "
                              f"{spec.num_classes}: use data labelled for this model")

@@ -65,22 +65,26 @@ def _match_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     )
 
 
-def random_crop_flip(batch: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def random_crop_flip(batch: torch.Tensor, padding: int, generator: torch.Generator,
+                     rows: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Shift each image of (N, C, H, W) by up to ``padding`` pixels (zero fill) and flip half of them.
 
     Equivalent to zero-padding by ``padding`` then taking a random HxW crop, plus a random
-    horizontal flip with probability 0.5; all randomness comes from ``generator``.
+    horizontal flip with probability 0.5; all randomness comes from ``generator`` (a CPU one).
+    ``rows = (start, stop, total)`` says that ``batch`` is rows start..stop of a batch of
+    ``total`` images: the draws are made for all ``total`` and these rows get theirs.
     """
     if padding < 0:
         raise VitDeployError(f"crop padding must be >= 0, got {padding}")
     n, _, height, width = batch.shape
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
+    start, stop, total = rows or (0, n, n)
+    offsets = torch.randint(0, 2 * padding + 1, (2, total), generator=generator)[:, start:stop].to(batch.device)
+    flips = (torch.rand(total, generator=generator) < 0.5)[start:stop].to(batch.device)
     padded = F.pad(batch, (padding, padding, padding, padding))
-    rows = offsets[0].view(n, 1) + torch.arange(height).view(1, height)  # (N, H)
-    cols = offsets[1].view(n, 1) + torch.arange(width).view(1, width)  # (N, W)
+    rows_idx = offsets[0].view(n, 1) + torch.arange(height, device=batch.device).view(1, height)  # (N, H)
+    cols = offsets[1].view(n, 1) + torch.arange(width, device=batch.device).view(1, width)  # (N, W)
     cols = torch.where(flips.view(n, 1), cols.flip(1), cols)
-    batch_idx = torch.arange(n).view(n, 1, 1)
+    batch_idx = torch.arange(n, device=batch.device).view(n, 1, 1)
     # Advanced indexing over (N, H, W) gathers every crop at once; channels move to the end.
-    cropped = padded.permute(0, 2, 3, 1)[batch_idx, rows.view(n, height, 1), cols.view(n, 1, width)]
+    cropped = padded.permute(0, 2, 3, 1)[batch_idx, rows_idx.view(n, height, 1), cols.view(n, 1, width)]
     return cropped.permute(0, 3, 1, 2).contiguous()

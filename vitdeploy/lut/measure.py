@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from vitdeploy import runtime
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
 from vitdeploy.bench.harness import TimingPlan, random_batch, time_interleaved
 from vitdeploy.lut.table import (
@@ -36,7 +37,13 @@ def build_config_of(metadata: TableMetadata) -> BuildConfig:
 def measure_models(models: dict[str, ViT], metadata: TableMetadata, plan: TimingPlan | None = None,
                    config: BuildConfig | None = None, progress: bool = False) -> dict[str, float]:
     """Median latency (ms) of each model, built like the table's parts (or with ``config``, at the
-    table's batch) and timed interleaved."""
+    table's batch) and timed interleaved; in a torchrun job by the main process alone, the others
+    waiting for its figures."""
+    return runtime.current().from_main(lambda: _measure(models, metadata, plan, config, progress))
+
+
+def _measure(models: dict[str, ViT], metadata: TableMetadata, plan: TimingPlan | None, config: BuildConfig | None,
+             progress: bool) -> dict[str, float]:
     backend = get_backend(metadata.backend)
     config = build_config_of(metadata) if config is None else replace(config, batch_sizes=(metadata.batch,))
     with tempfile.TemporaryDirectory(prefix="vitdeploy-measure-") as work:

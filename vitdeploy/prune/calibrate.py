@@ -43,7 +43,10 @@ def calibration_images(model: ViT, source: str, size: int, seed: int = 0, resize
     if len(dataset) < size:
         raise VitDeployError(f"{source}: the train split has {len(dataset)} images, fewer than --calib-size {size}")
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
-    return dataset.batch(indices.sort().values)[0]
+    indices = indices.sort().values
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)[0]
+    return torch.stack([dataset[i][0] for i in indices.tolist()])
 
 
 def require_dense_tokens(model: ViT) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
+from vitdeploy import runtime
 from vitdeploy.models.groups import structure_map
 from vitdeploy.models.vit import ViT
 from vitdeploy.prune.nvit_config import CRITERIA
@@ -47,22 +48,37 @@ def hessian_importance(model: ViT, calibration: Iterable[tuple[torch.Tensor, tor
 
     One forward and backward pass per batch of ``calibration``; ``loss_fn(model, x, y)`` gives
     the loss (NViT: cross-entropy plus distillation from the unpruned model). The model's
-    gradients are cleared afterwards.
+    gradients are cleared afterwards. It runs on the current runtime's device under its autocast
+    (the model and whatever ``loss_fn`` runs must be there); the sums are taken in fp32. In a
+    torchrun job a batch is this process's share of a global batch: the group sums are summed
+    over the processes before they are squared, so every process gets the global batch's scores.
     """
+    rt = runtime.current()
     totals: dict[str, torch.Tensor] = {}
     count = 0
     for x, y in calibration:
+        x, y = rt.to_device(x, y)
+        share = len(x) / rt.global_count(len(x))
         model.zero_grad(set_to_none=True)
-        loss_fn(model, x, y).backward()
+        with rt.autocast():
+            loss = loss_fn(model, x, y)
+        (loss * share if share != 1 else loss).backward()
         with torch.no_grad():
-            products = {name: param.grad * param for name, param in model.named_parameters()}
-            for key, value in group_sums(model, products).items():
+            products = {name: param.grad.float() * param.float() for name, param in model.named_parameters()}
+            for key, value in _summed_over_processes(rt, group_sums(model, products)).items():
                 totals[key] = totals.get(key, 0) + value**2
         count += 1
     model.zero_grad(set_to_none=True)
     if count == 0:
         raise ValueError("hessian_importance needs at least one calibration batch")
     return {key: total / count for key, total in totals.items()}
+
+
+def _summed_over_processes(rt: runtime.Runtime, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if rt.world_size == 1:
+        return sums
+    flat = rt.reduce_sum(torch.cat(list(sums.values()))).float()
+    return dict(zip(sums, flat.split([len(v) for v in sums.values()])))
 
 
 def group_importance(criterion: str, model: ViT, calibration: Iterable[tuple[torch.Tensor, torch.Tensor]],

@@ -19,9 +19,12 @@ The result is a *fixed-position* pyramid: it exports as constant-index Gathers, 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from tqdm import tqdm
 
+from vitdeploy import runtime
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.vit import ViT
@@ -30,7 +33,9 @@ from vitdeploy.prune.calibrate import run_blocks, trace
 
 class SlimmingCalibration:
     """The unpruned model's attention maps and block inputs on the calibration images, kept in
-    memory (for the top-down pass that may be repeated for several ε)."""
+    memory (for the top-down pass that may be repeated for several ε), on the current runtime's
+    device. In a torchrun job each process keeps its share of the images; significance and error
+    sums are added up over the processes, so every process plans the same."""
 
     def __init__(self, model: ViT, images: torch.Tensor):
         if model.spec.distilled:
@@ -38,9 +43,11 @@ class SlimmingCalibration:
         heads = {b.heads for b in model.spec.blocks}
         if len(heads) != 1:
             raise VitDeployError("Patch Slimming pairs head h across layers, so every block needs the same head count")
-        self.model = model.eval()
+        self.runtime = runtime.current()
+        self.model = copy.deepcopy(model).to(self.runtime.torch_device).eval()
+        self.count = len(images)
         with torch.no_grad():
-            t = trace(model, images)
+            t = trace(self.model, self.runtime.to_device(self.runtime.shard(images))[0])
         self.inputs, self.attention = t.inputs, t.attention
         self.reference = t.features[:, 0]
 
@@ -52,15 +59,17 @@ class SlimmingCalibration:
         for l in range(depth - 2, t, -1):
             a = (a * masks[l]) @ self.attention[l]
         u = self.attention[t] @ self.inputs[t].abs().unsqueeze(1)
-        s = (a.squeeze(2).square() * u.square().sum(dim=-1)).sum(dim=1).mean(dim=0)
-        return s[self.model.spec.num_prefix_tokens:]
+        s = (a.squeeze(2).square() * u.square().sum(dim=-1)).sum(dim=1).sum(dim=0)
+        return (self.runtime.reduce_sum(s).cpu() / self.count).to(s.dtype)[self.model.spec.num_prefix_tokens:]
 
     def error(self, start: int, keep: dict[int, torch.Tensor]) -> float:
         """Relative class-token error of the plan ``keep`` (block → kept patch positions), run
         from block ``start`` on the unpruned inputs."""
         with torch.no_grad():
             features = run_blocks(self.model, self.inputs[start], start, keep)[:, 0]
-        return ((features - self.reference).square().sum() / self.reference.square().sum()).item()
+        sums = torch.stack([(features - self.reference).square().sum(), self.reference.square().sum()])
+        error, reference = self.runtime.reduce_sum(sums).tolist()
+        return error / reference
 
 
 def slimming_plan(calib: SlimmingCalibration, epsilon: float, granularity: int = 1,

@@ -37,6 +37,8 @@ class PruneContext:
     out: str = ""
     resize: bool = False
     progress: bool = True
+    pipeline: Any = None
+    """How training images are prepared (a ``vitdeploy.data.pipeline.Pipeline``; None: evaluation transform)."""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,8 @@ from torch.utils.data import Subset
 
 from vitdeploy.data import batches
 from vitdeploy.evaluate import EVAL_BATCH, evaluate
+from vitdeploy import runtime
+from vitdeploy.data.loader import CropFlip
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.vit import Block, ViT
@@ -230,7 +232,7 @@ def gumbel_decisions(tau: float, generator: torch.Generator) -> Decide:
     with straight-through gradients (forward 0/1, backward the soft sample's)."""
     def decide(keep_prob: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
         logits = torch.stack([keep_prob, 1.0 - keep_prob], dim=-1).clamp_min(PROB_FLOOR).log()
-        uniform = torch.rand(logits.shape, generator=generator).clamp(PROB_FLOOR, 1.0 - PROB_FLOOR)
+        uniform = torch.rand(logits.shape, generator=generator).to(logits.device).clamp(PROB_FLOOR, 1.0 - PROB_FLOOR)
         soft = torch.softmax((logits - (-uniform.log()).log()) / tau, dim=-1)[..., 0]
         hard = (soft > 0.5).to(soft.dtype)
         return hard + (soft - soft.detach())
@@ -271,14 +273,17 @@ def token_distillation(student: torch.Tensor, teacher: torch.Tensor, decision: t
 @torch.no_grad()
 def adaptive_evaluate(model: ViT, dataset) -> dict:
     """Top-1 and mean keep share per selector with per-image decisions (T > 0.5), in PyTorch."""
+    rt = runtime.current()
     model.eval()
     correct, seen, kept = 0, 0, None
-    for x, y in batches(dataset, EVAL_BATCH):
-        out = soft_forward(model, x, threshold_decisions)
-        correct += (out.logits.argmax(-1) == y).sum().item()
-        seen += len(y)
-        sums = [f.sum().item() for f in out.keep_fractions]
-        kept = sums if kept is None else [a + b for a, b in zip(kept, sums)]
+    with rt.on_device(model):
+        for x, y in batches(dataset, EVAL_BATCH):
+            x, y = rt.to_device(x, torch.as_tensor(y))
+            out = soft_forward(model, x, threshold_decisions)
+            correct += (out.logits.argmax(-1) == y).sum().item()
+            seen += len(y)
+            sums = [f.sum().item() for f in out.keep_fractions]
+            kept = sums if kept is None else [a + b for a, b in zip(kept, sums)]
     return {"adaptive_top1": correct / seen, "adaptive_keep": [k / seen for k in kept]}
 
 
@@ -326,7 +331,9 @@ def _prune_spvit(model: ViT, config: SPViTConfig, train_data, eval_data, out_dir
     student = student_from(model, spec, config.seed)
     train_data = _first(train_data, config.limit)
     schedule = Schedule(config.epochs * math.ceil(len(train_data) / config.batch_size))
-    trainer = Trainer(student, _param_groups(student, config), schedule, config.seed, config.crop_padding)
+    teacher = _frozen(model)
+    trainer = Trainer(student, _param_groups(student, config), schedule, config.seed, CropFlip(config.crop_padding),
+                      companions=(teacher,))
     checkpoint = Checkpoint(out_dir / CHECKPOINT_FILE, _identity(config, spec), "SPViT")
     state = checkpoint.resume(trainer) if config.resume else RunState()
     resumed_from = state.epochs_done
@@ -344,7 +351,7 @@ def _prune_spvit(model: ViT, config: SPViTConfig, train_data, eval_data, out_dir
                      best_key="top1", on_best=save_best, describe=_epoch_line(config),
                      postfix=lambda r: {"loss": f"{r['loss']:.3f}", "keep": f"{r['keep_last']:.2f}"})
     started = time.perf_counter()
-    run_epochs(trainer, plan, _step_loss(student, _frozen(model), targets, config, trainer.generator), state,
+    run_epochs(trainer, plan, _step_loss(student, teacher, targets, config, trainer.generator), state,
                checkpoint, progress)
     student.load_state_dict(state.best_state)
     student.eval()

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from vitdeploy import runtime
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.vit import ViT
@@ -64,27 +65,33 @@ def average_cosine_similarity(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def layer_acs(model: ViT, images: torch.Tensor, batch_size: int = 64) -> list[float]:
-    """ACS of the tokens leaving each block, averaged over ``images``."""
+    """ACS of the tokens leaving each block, averaged over ``images`` (in a torchrun job each
+    process takes its share of the images and the sums are added up)."""
+    rt = runtime.current()
+    local = rt.shard(images)
     totals = torch.zeros(model.spec.depth, dtype=torch.float64)
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            t = trace(model, images[start:start + batch_size])
-            totals += torch.stack([average_cosine_similarity(x).sum() for x in t.outputs]).double()
-    return (totals / len(images)).tolist()
+        for start in range(0, len(local), batch_size):
+            t = trace(model, rt.to_device(local[start:start + batch_size])[0])
+            totals += torch.stack([average_cosine_similarity(x).sum() for x in t.outputs]).double().cpu()
+    return (rt.reduce_sum(totals) / len(images)).tolist()
 
 
 def inter_layer_scores(model: ViT, images: torch.Tensor, gamma: int, rounds: int, batch_size: int,
                        seed: int = 0, progress: bool = True) -> list[list[float]]:
     """Their Alg. 2 (with the relevance rule in the module docstring): per block, a pmf over the
-    original patch positions. Each of ``rounds`` rounds draws ``batch_size`` calibration images."""
+    original patch positions. Each of ``rounds`` rounds draws ``batch_size`` calibration images
+    (in a torchrun job each process rolls out its share of the draw; the sums are added up)."""
+    rt = runtime.current()
     gamma = min(gamma, model.spec.num_classes)
     generator = torch.Generator().manual_seed(seed)
     prefix = model.spec.num_prefix_tokens
     totals = torch.zeros(model.spec.depth, model.spec.num_patches, dtype=torch.float64)
     for _ in tqdm(range(rounds), desc="STAR inter-layer scores", disable=not progress):
-        batch = images[torch.randperm(len(images), generator=generator)[:batch_size]]
-        for rollout in _class_rollouts(model, batch, gamma):
-            totals += rollout[:, :, 0, prefix:].sum(dim=1).double()
+        batch = rt.shard(images[torch.randperm(len(images), generator=generator)[:batch_size]])
+        for rollout in _class_rollouts(model, rt.to_device(batch)[0], gamma):
+            totals += rollout[:, :, 0, prefix:].sum(dim=1).double().cpu()
+    totals = rt.reduce_sum(totals)
     scores = totals / totals.sum(dim=1, keepdim=True)
     return scores.clamp_min(SCORE_FLOOR).tolist()
 
@@ -102,7 +109,7 @@ def _class_rollouts(model: ViT, images: torch.Tensor, gamma: int):
 
 def _rollouts(attention: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
     n = attention[0].shape[-1]
-    eye = torch.eye(n)
+    eye = torch.eye(n, device=attention[0].device)
     rollout, result = None, []
     for a, g in zip(reversed(attention), reversed(grads)):
         relevance_map = eye + (g * a).clamp_min(0).mean(dim=1)
@@ -113,9 +120,11 @@ def _rollouts(attention: list[torch.Tensor], grads: list[torch.Tensor]) -> torch
 
 def calibrate(model: ViT, images: torch.Tensor, gamma: int = 6, rounds: int = 10, batch_size: int = 32,
               seed: int = 0, progress: bool = True) -> StarStatistics:
-    """ACS and inter-layer scores of an unpruned ``model`` on calibration ``images``."""
-    return StarStatistics(layer_acs(model, images),
-                          inter_layer_scores(model, images, gamma, rounds, batch_size, seed, progress))
+    """ACS and inter-layer scores of an unpruned ``model`` on calibration ``images`` (run on the
+    current runtime's device)."""
+    with runtime.current().on_device(model):
+        return StarStatistics(layer_acs(model, images),
+                              inter_layer_scores(model, images, gamma, rounds, batch_size, seed, progress))
 
 
 def keep_rates(acs: list[float], rho: float) -> list[float]:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from vitdeploy import runtime
 from vitdeploy.data import batches
 from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import evaluate
@@ -230,6 +231,7 @@ class NViTPruner:
         if config.target_latency_ms is not None and lut is None:
             raise VitDeployError("--target-latency-ms needs a latency table: pass --lut FILE")
         _require_prunable(model)
+        runtime.current().require_divisible_batch(config.batch_size)
         self.teacher = model.eval()
         self.model = copy.deepcopy(model).eval()
         self.calib_data = calib_data
@@ -269,9 +271,11 @@ class NViTPruner:
         where avoidable), compaction, short fine-tune."""
         started, index = time.perf_counter(), len(self.steps)
         calibration = list(itertools.islice(
-            batches(self.calib_data, self.config.batch_size, shuffle=True, seed=self.config.seed + 1000 + index),
+            batches(self.calib_data, self.config.batch_size, shuffle=True, seed=self.config.seed + 1000 + index,
+                    shard=True),
             self.config.calib_batches))
-        scores = group_importance(self.config.criterion, self.model, calibration, self._loss)
+        with runtime.current().on_device(self.model, self.teacher):
+            scores = group_importance(self.config.criterion, self.model, calibration, self._loss)
         floor = None if floor_ratio is None else floor_ratio * self.base_cost
         keep, removals = plan_removals(self.model.spec, scores, goal_ratio * self.base_cost, self.measure,
                                        self.rank_cost, self.config.eta, self.config.round_to, floor)
@@ -283,13 +287,13 @@ class NViTPruner:
         self.steps.append({
             "step": index + 1, "goal_ratio": goal_ratio, "ratio": self.ratio,
             "removed": [r.to_dict() for r in removals], "compaction_max_abs_diff": error,
-            "finetune_loss": tune["final_loss"], "seconds": round(time.perf_counter() - started, 2),
+            "finetune_loss": tune["final_loss"], "finetune_losses": tune["losses"], "seconds": round(time.perf_counter() - started, 2),
         })
 
     def fine_tune(self, model: ViT, steps: int, desc: str = "fine-tune", seed_offset: int = 0) -> dict:
         """Fine-tune ``model`` in place on the calibration data, distilling from the original model."""
         if steps == 0:
-            return {"steps": 0, "final_loss": None, "seconds": 0.0}
+            return {"steps": 0, "final_loss": None, "losses": [], "seconds": 0.0}
         return fine_tune(model, self.calib_data, self.config.train_config(seed_offset), steps, teacher=self.teacher,
                          progress=self.progress, desc=desc)
 

@@ -9,7 +9,6 @@ count and torch build, runs are repeatable.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from vitdeploy.data import batches
 from vitdeploy.data import dataset_for
+from vitdeploy.data.loader import EpochBatches, batch_augment_for
+from vitdeploy.data.pipeline import Pipeline
 from vitdeploy.evaluate import evaluate
 from vitdeploy.models.vit import ViT
 from vitdeploy.threads import torch_threads
@@ -36,9 +36,11 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def training_loss(model: ViT, x: torch.Tensor, y: torch.Tensor, config: TrainConfig,
                   teacher: ViT | None = None) -> torch.Tensor:
-    """Cross-entropy, plus ``distill_weight`` × the distillation loss when a teacher is given."""
+    """Cross-entropy (against labels, or soft targets already smoothed), plus ``distill_weight`` × the
+    distillation loss when a teacher is given."""
     logits = model(x)
-    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+    smoothing = 0.0 if y.is_floating_point() else config.label_smoothing
+    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
     if teacher is None:
         return loss
     with torch.no_grad():
@@ -46,11 +48,13 @@ def training_loss(model: ViT, x: torch.Tensor, y: torch.Tensor, config: TrainCon
     return loss + config.distill_weight * distillation_loss(logits, teacher_logits, config.distill_temperature)
 
 
-def train(model: ViT, config: TrainConfig, progress: bool = True, teacher: ViT | None = None) -> dict:
-    """Train ``model`` in place; return a JSON-ready report with per-epoch test accuracy."""
+def train(model: ViT, config: TrainConfig, progress: bool = True, teacher: ViT | None = None,
+          pipeline: Pipeline | None = None) -> dict:
+    """Train ``model`` in place; return a JSON-ready report with per-epoch test accuracy. ``pipeline``
+    prepares image-folder training data (default: the evaluation transform, no workers)."""
     config.validate()
     with torch_threads(config.threads), _seeded(config.seed):
-        train_set = dataset_for(model, config.data, "train", config.limit)
+        train_set = dataset_for(model, config.data, "train", config.limit, pipeline=pipeline)
         test_set = dataset_for(model, config.data, "test", config.limit)
         steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
         schedule = Schedule(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
@@ -61,10 +65,10 @@ def train(model: ViT, config: TrainConfig, progress: bool = True, teacher: ViT |
         plan = EpochPlan(train_set, config.epochs, config.batch_size, config.seed, finish,
                          describe=lambda r: f"epoch {r['epoch']}/{config.epochs}: test top-1 {r['test_top1']:.4f}")
         started = time.perf_counter()
-        history = run_epochs(_trainer(model, config, schedule), plan, _loss(model, config, teacher),
+        history = run_epochs(_trainer(model, train_set, config, schedule, teacher), plan, _loss(model, config, teacher),
                              progress=progress).history
     model.eval()
-    return {"config": asdict(config), "history": history, "test_top1": history[-1]["test_top1"],
+    return {"config": asdict(config), "pipeline": asdict(pipeline) if pipeline else None, "history": history, "test_top1": history[-1]["test_top1"],
             "train_seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -81,17 +85,20 @@ def fine_tune(model: ViT, train_set, config: TrainConfig, steps: int, teacher: V
         steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
         schedule = Schedule(steps, min(int(config.warmup_epochs * steps_per_epoch), steps))
         started = time.perf_counter()
-        results = _trainer(model, config, schedule).run_steps(_endless_batches(train_set, config), steps,
-                                                              _loss(model, config, teacher), desc, progress)
+        data = EpochBatches(train_set, config.batch_size, config.seed).endless()
+        results = _trainer(model, train_set, config, schedule, teacher).run_steps(
+            data, steps, _loss(model, config, teacher), desc, progress)
     model.eval()
-    tail = [r["loss"] for r in results[-min(len(results), 20):]]
-    return {"steps": steps, "final_loss": sum(tail) / len(tail) if tail else None,
+    losses = [r["loss"] for r in results]
+    tail = losses[-min(len(losses), 20):]
+    return {"steps": steps, "final_loss": sum(tail) / len(tail) if tail else None, "losses": losses,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _trainer(model: ViT, config: TrainConfig, schedule: Schedule) -> Trainer:
+def _trainer(model: ViT, train_set, config: TrainConfig, schedule: Schedule, teacher: ViT | None) -> Trainer:
     groups = [{**group, "lr": config.lr, "min_lr": config.min_lr} for group in param_groups(model, config.weight_decay)]
-    return Trainer(model, groups, schedule, config.seed, config.crop_padding)
+    augment = batch_augment_for(train_set, model.spec.num_classes, config.crop_padding)
+    return Trainer(model, groups, schedule, config.seed, augment, companions=(teacher,) if teacher else ())
 
 
 def _loss(model: ViT, config: TrainConfig, teacher: ViT | None) -> StepLoss:
@@ -104,8 +111,3 @@ def _seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def _endless_batches(train_set, config: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for epoch in itertools.count():
-        yield from batches(train_set, config.batch_size, shuffle=True, seed=config.seed + epoch)

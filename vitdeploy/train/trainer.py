@@ -1,11 +1,16 @@
 """The training engine shared by ``train``, the fine-tunes (NViT, 2:4) and SPViT.
 
 A ``Trainer`` owns a model's AdamW optimizer, its learning-rate ``Schedule`` (linear warm-up,
-then cosine decay) and the seeded generator that drives augmentation (and anything else random
-in a step). Its step takes the caller's loss; the caller keeps its method's loss and forward
-pass. ``run_steps`` runs a fixed number of steps; ``run_epochs`` runs epochs with an
+then cosine decay) and the seeded generator that drives batch augmentation (and anything else
+random in a step). Its step takes the caller's loss; the caller keeps its method's loss and
+forward pass. ``run_steps`` runs a fixed number of steps; ``run_epochs`` runs epochs with an
 end-of-epoch record, best-epoch tracking and, given a ``Checkpoint``, atomic resumable
 checkpoints after every epoch.
+
+It runs where the current ``vitdeploy.runtime`` says: the model (and its ``companions``, e.g. a
+distillation teacher) on the runtime's device for the trainer's life and back on the CPU when a
+run ends, the loss under autocast (with a loss scaler for fp16), and in a torchrun job as data
+parallel training with the global batch sharded over the processes (see ``vitdeploy.runtime``).
 """
 
 from __future__ import annotations
@@ -23,14 +28,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vitdeploy.data import batches, random_crop_flip
+from vitdeploy import runtime
+from vitdeploy.data.loader import CropFlip, EpochBatches
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_path
 
 CHECKPOINT_FORMAT = 2
 
 StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
-"""(augmented images, labels) → the loss to minimise and other per-step figures (floats)."""
+"""(augmented images, labels or soft targets) → the loss to minimise (the mean over the images) and
+other per-step figures (floats, means over the images)."""
+BatchAugment = Callable[[torch.Tensor, torch.Tensor, int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+"""(images, labels, first row in the global batch, global batch size, generator) → augmented
+(images, labels or soft targets); see ``vitdeploy.data.loader``."""
 
 
 @dataclass(frozen=True)
@@ -58,37 +68,67 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 class Trainer:
     """``model`` trained by AdamW over ``groups`` (optimizer param groups, each with its peak
-    ``lr`` and optionally the ``min_lr`` the schedule decays to, default 0)."""
+    ``lr`` and optionally the ``min_lr`` the schedule decays to, default 0), its batches augmented
+    by ``augment`` (default: flips only). ``companions`` are modules the loss also runs (a teacher)."""
 
-    def __init__(self, model: nn.Module, groups: list[dict], schedule: Schedule, seed: int, crop_padding: int = 0):
+    def __init__(self, model: nn.Module, groups: list[dict], schedule: Schedule, seed: int,
+                 augment: BatchAugment = CropFlip(), companions: tuple[nn.Module, ...] = ()):
+        self.runtime = runtime.current()
+        self.modules = (model, *companions)
+        for module in self.modules:
+            module.to(self.runtime.torch_device)
         self.model = model
         self.schedule = schedule
-        self.crop_padding = crop_padding
+        self.augment = augment
         self.lr_ranges = [(group["lr"], group.get("min_lr", 0.0)) for group in groups]
         self.optimizer = torch.optim.AdamW([{k: v for k, v in g.items() if k != "min_lr"} for g in groups])
+        self.scaler = self.runtime.grad_scaler()
         self.generator = torch.Generator().manual_seed(seed)
 
     def step(self, step: int, x: torch.Tensor, y: torch.Tensor, loss_fn: StepLoss) -> dict:
-        """One optimizer step (the ``step``-th of the schedule) on an augmented batch; returns the
-        loss and the loss function's figures."""
+        """One optimizer step (the ``step``-th of the schedule) on this process's shard of a global
+        batch; returns the loss and the loss function's figures over the global batch."""
         self.model.train()
         for group, (peak, floor) in zip(self.optimizer.param_groups, self.lr_ranges):
             group["lr"] = self.schedule.lr(step, peak, floor)
-        loss, figures = loss_fn(random_crop_flip(x, self.crop_padding, self.generator), y)
+        x, y = self.runtime.to_device(x, y)
+        total = self.runtime.global_count(len(x))
+        start, _ = self.runtime.shard_bounds(total)
+        x, y = self.augment(x, y, start, total, self.generator)
+        with self.runtime.autocast():
+            loss, figures = loss_fn(x, y)
+        share = len(x) / total
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item(), **figures}
+        self.scaler.scale(loss * share if share != 1 else loss).backward()
+        self.runtime.sum_gradients(self.model.parameters())
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self._global_figures({"loss": loss.item(), **figures}, share)
+
+    def release(self) -> None:
+        """Put the model and its companions back on the CPU (the end of a run)."""
+        if self.runtime.torch_device.type != "cpu":
+            for module in self.modules:
+                module.to("cpu")
 
     def run_steps(self, data: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int, loss_fn: StepLoss,
                   desc: str, progress: bool) -> list[dict]:
         """The first ``steps`` batches of ``data``, one step each."""
         results = []
-        bar = tqdm(itertools.islice(data, steps), total=steps, desc=desc, disable=not progress, leave=False)
+        bar = tqdm(itertools.islice(data, steps), total=steps, desc=desc, leave=False,
+                   disable=not (progress and self.runtime.main))
         for step, (x, y) in enumerate(bar):
             results.append(self.step(step, x, y, loss_fn))
             bar.set_postfix(loss=f"{results[-1]['loss']:.3f}")
+        self.release()
         return results
+
+    def _global_figures(self, figures: dict, share: float) -> dict:
+        """Each figure's mean over the global batch (the processes' means weighted by their shares)."""
+        if self.runtime.world_size == 1:
+            return figures
+        totals = self.runtime.reduce_sum(torch.tensor(list(figures.values()), dtype=torch.float64) * share)
+        return dict(zip(figures, totals.tolist()))
 
 
 @dataclass
@@ -125,7 +165,9 @@ class RunState:
 @dataclass(frozen=True)
 class Checkpoint:
     """An atomic, resumable checkpoint file of ``kind`` runs (a word for messages). ``identity``
-    (plain data) is what a checkpoint must match to be resumed: the run's settings."""
+    (plain data) is what a checkpoint must match to be resumed: the run's settings. The main
+    process writes it; every process of a torchrun job resumes from it, and only with the number of
+    processes that wrote it (a step's random draws are made per process)."""
 
     path: Path
     identity: dict
@@ -133,7 +175,8 @@ class Checkpoint:
 
     def save(self, trainer: Trainer, state: RunState) -> None:
         payload = {
-            "format": CHECKPOINT_FORMAT, "identity": self.identity, "epochs_done": state.epochs_done,
+            "format": CHECKPOINT_FORMAT, "identity": self.identity, "world_size": trainer.runtime.world_size,
+            "epochs_done": state.epochs_done,
             "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "generator": trainer.generator.get_state(), "history": state.history, "best_epoch": state.best_epoch,
             "best_score": state.best_score, "best_model": state.best_state,
@@ -154,6 +197,10 @@ class Checkpoint:
         if payload.get("format") != CHECKPOINT_FORMAT or payload.get("identity") != self.identity:
             raise VitDeployError(f"{self.path} belongs to a different {self.kind} run (other settings, model or "
                                  "format); use a new output directory, or turn resuming off to start over there")
+        written_by = payload.get("world_size", 1)
+        if written_by != trainer.runtime.world_size:
+            raise VitDeployError(f"{self.path} was written by a job of {written_by} process(es); resume it with "
+                                 f"{written_by} (torchrun --nproc-per-node), or turn resuming off to start over")
         trainer.model.load_state_dict(payload["model"])
         trainer.optimizer.load_state_dict(payload["optimizer"])
         trainer.generator.set_state(payload["generator"])
@@ -164,8 +211,8 @@ class Checkpoint:
 @dataclass
 class EpochPlan:
     """How ``run_epochs`` goes through ``data``: ``epochs`` shuffled passes (pass e seeded
-    ``seed + e``); ``finish`` turns an ``EpochResult`` into the epoch's record; ``best_key`` names
-    the record's figure to keep the best epoch by (None: no tracking), ``on_best`` runs when it
+    ``seed + e``, see ``EpochBatches``); ``finish`` turns an ``EpochResult`` into the epoch's record; ``best_key`` names the
+    record's figure to keep the best epoch by (None: no tracking), ``on_best`` runs when it
     improves; ``describe`` gives the line printed per epoch, ``postfix`` the progress-bar figures
     of a step."""
 
@@ -186,11 +233,13 @@ def run_epochs(trainer: Trainer, plan: EpochPlan, loss_fn: StepLoss, state: RunS
     """Train from ``state.epochs_done`` (default: a fresh run) to ``plan.epochs``; after each epoch,
     record it, track the best, and checkpoint (after ``on_best``, so the best model is saved first)."""
     state = state if state is not None else RunState()
-    steps_per_epoch = math.ceil(len(plan.data) / plan.batch_size)
+    data = EpochBatches(plan.data, plan.batch_size, plan.seed)
+    steps_per_epoch = len(data)
+    show = progress and trainer.runtime.main
     for epoch in range(state.epochs_done, plan.epochs):
         started = time.perf_counter()
-        bar = tqdm(batches(plan.data, plan.batch_size, shuffle=True, seed=plan.seed + epoch), total=steps_per_epoch,
-                   desc=f"{plan.desc} {epoch + 1}/{plan.epochs}", disable=not progress)
+        bar = tqdm(data.epoch(epoch), total=steps_per_epoch, desc=f"{plan.desc} {epoch + 1}/{plan.epochs}",
+                   disable=not show)
         results = []
         for i, (x, y) in enumerate(bar):
             results.append(trainer.step(epoch * steps_per_epoch + i, x, y, loss_fn))
@@ -200,6 +249,7 @@ def run_epochs(trainer: Trainer, plan: EpochPlan, loss_fn: StepLoss, state: RunS
             plan.on_best(state)
         if checkpoint is not None:
             checkpoint.save(trainer, state)
-        if progress and plan.describe is not None:
+        if show and plan.describe is not None:
             tqdm.write(plan.describe(record), file=sys.stderr)
+    trainer.release()
     return state

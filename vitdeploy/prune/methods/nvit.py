@@ -23,7 +23,7 @@ def run(model, config: NViTConfig, context):
     if config.target_latency_ms is not None and not config.lut:
         raise VitDeployError("--target-latency-ms needs --lut FILE (a latency table for the target device)")
     table, drift = table_for_model(config.lut, model) if config.target_latency_ms is not None else (None, None)
-    train_data = dataset_for(model, context.data, "train", resize=context.resize)
+    train_data = dataset_for(model, context.data, "train", resize=context.resize, pipeline=context.pipeline)
     pruned, report = prune_nvit(model, config, train_data, context.eval_data, lut=table, progress=context.progress)
     if table is not None:
         report["latency"] = {**latency_check(table, drift, model, pruned, config.target_latency_ms),

@@ -42,7 +42,8 @@ def run(model, config: Sparse24Config, context):
     from vitdeploy.data import dataset_for
     from vitdeploy.prune.sparsity import sparsify_and_fine_tune
 
-    train_data = dataset_for(model, context.data, "train", resize=context.resize) if context.data else None
+    train_data = (dataset_for(model, context.data, "train", resize=context.resize, pipeline=context.pipeline)
+                  if context.data else None)
     return sparsify_and_fine_tune(model, train_data, config.finetune_steps if train_data else 0,
                                   config.train_config(), context.eval_data, progress=context.progress)
 
