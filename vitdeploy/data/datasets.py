@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vitdeploy.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from vitdeploy.data.imagefolder import ImageFolderDataset
-from vitdeploy.data.loader import ShardedBatchSampler
+from vitdeploy.data.loader import ShardedBatchSampler, sampled_batches
 from vitdeploy.data.pipeline import Pipeline
 from vitdeploy.data.transforms import normalize, to_model_input
 from vitdeploy.errors import VitDeployError
@@ -158,18 +158,11 @@ def batches(
     if batch_size < 1:
         raise VitDeployError(f"batch size must be at least 1, got {batch_size}")
     if shard:
-        return _sharded_batches(dataset, batch_size, shuffle, seed)
+        return sampled_batches(dataset, ShardedBatchSampler(dataset, batch_size, seed, shuffle, training=False))
     generator = torch.Generator().manual_seed(seed)
     if isinstance(dataset, InMemoryImageDataset):
         return _in_memory_batches(dataset, batch_size, shuffle, generator)
     return iter(DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0))
-
-
-def _sharded_batches(dataset: Dataset, batch_size: int, shuffle: bool, seed: int):
-    sampler = ShardedBatchSampler(dataset, batch_size, seed, shuffle, training=False)
-    if isinstance(dataset, InMemoryImageDataset):
-        return (dataset.batch(torch.tensor(keys, dtype=torch.long)) for keys in sampler)
-    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=0))
 
 
 def _in_memory_batches(

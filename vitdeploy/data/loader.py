@@ -95,7 +95,7 @@ class EpochBatches:
         """The batches of epoch ``epoch`` (0-based): the same on every call."""
         self.sampler.set_epoch(epoch)
         if self.loader is None:
-            return (self.dataset.batch(torch.tensor(keys, dtype=torch.long)) for keys in self.sampler)
+            return sampled_batches(self.dataset, self.sampler)
         return _one_line_errors(iter(self.loader))
 
     def endless(self, first_epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,6 +103,13 @@ class EpochBatches:
         while True:
             yield from self.epoch(epoch)
             epoch += 1
+
+
+def sampled_batches(dataset: Dataset, sampler: ShardedBatchSampler) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches ``sampler`` picks: sliced from an in-memory dataset, else loaded in this process."""
+    if hasattr(dataset, "batch"):
+        return (dataset.batch(torch.tensor(keys, dtype=torch.long)) for keys in sampler)
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=0))
 
 
 def _require_whole_batch(dataset: Dataset, batch_size: int) -> None:
