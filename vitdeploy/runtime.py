@@ -134,9 +134,9 @@ class Runtime:
         _collective(lambda: dist.broadcast_object_list(box, src=0))
         return box[0]
 
-    def require_divisible_batch(self, batch_size: int, flag: str = "--batch-size") -> None:
+    def require_divisible_batch(self, batch_size: int) -> None:
         if batch_size % self.world_size:
-            raise VitDeployError(f"{flag} {batch_size} is the global batch and must be a multiple of the "
+            raise VitDeployError(f"--batch-size {batch_size} is the global batch and must be a multiple of the "
                                  f"{self.world_size} processes of this torchrun job")
 
     @property

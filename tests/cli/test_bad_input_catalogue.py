@@ -182,7 +182,8 @@ def jpeg_folder(root: str, classes: int = 2, per_class: int = 4, bad: str | None
 def spvit_checkpoint_of_another_run(out: str) -> Setup:
     def build(w: Path, assets) -> None:
         (w / f"{out}.spvit-work").mkdir()
-        torch.save({"format": 2, "identity": {"config": {"budget_flops": 0.3}}}, w / f"{out}.spvit-work" / "checkpoint.pt")
+        checkpoint = {"format": 2, "identity": {"config": {"budget_flops": 0.3}}}
+        torch.save(checkpoint, w / f"{out}.spvit-work" / "checkpoint.pt")
     return build
 
 

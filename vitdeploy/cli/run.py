@@ -25,6 +25,7 @@ def register(sub) -> None:
 def _run_recipe(args) -> None:
     from vitdeploy.pipeline import load_recipe, run_recipe, summary_table
 
-    summary = run_recipe(load_recipe(args.recipe), Path(args.out), limit=args.limit,
-                         progress=sys.stderr.isatty() and not getattr(args, "quiet", False), pipeline=pipeline_from(args))
+    progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # quiet: a torchrun job's other processes
+    summary = run_recipe(load_recipe(args.recipe), Path(args.out), limit=args.limit, progress=progress,
+                         pipeline=pipeline_from(args))
     print_json_or(args, summary, summary_table(summary))

@@ -287,7 +287,8 @@ class NViTPruner:
         self.steps.append({
             "step": index + 1, "goal_ratio": goal_ratio, "ratio": self.ratio,
             "removed": [r.to_dict() for r in removals], "compaction_max_abs_diff": error,
-            "finetune_loss": tune["final_loss"], "finetune_losses": tune["losses"], "seconds": round(time.perf_counter() - started, 2),
+            "finetune_loss": tune["final_loss"], "finetune_losses": tune["losses"],
+            "seconds": round(time.perf_counter() - started, 2),
         })
 
     def fine_tune(self, model: ViT, steps: int, desc: str = "fine-tune", seed_offset: int = 0) -> dict:

@@ -68,8 +68,8 @@ def train(model: ViT, config: TrainConfig, progress: bool = True, teacher: ViT |
         history = run_epochs(_trainer(model, train_set, config, schedule, teacher), plan, _loss(model, config, teacher),
                              progress=progress).history
     model.eval()
-    return {"config": asdict(config), "pipeline": asdict(pipeline) if pipeline else None, "history": history, "test_top1": history[-1]["test_top1"],
-            "train_seconds": round(time.perf_counter() - started, 1)}
+    return {"config": asdict(config), "pipeline": asdict(pipeline) if pipeline else None, "history": history,
+            "test_top1": history[-1]["test_top1"], "train_seconds": round(time.perf_counter() - started, 1)}
 
 
 def fine_tune(model: ViT, train_set, config: TrainConfig, steps: int, teacher: ViT | None = None,

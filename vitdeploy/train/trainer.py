@@ -211,10 +211,10 @@ class Checkpoint:
 @dataclass
 class EpochPlan:
     """How ``run_epochs`` goes through ``data``: ``epochs`` shuffled passes (pass e seeded
-    ``seed + e``, see ``EpochBatches``); ``finish`` turns an ``EpochResult`` into the epoch's record; ``best_key`` names the
-    record's figure to keep the best epoch by (None: no tracking), ``on_best`` runs when it
-    improves; ``describe`` gives the line printed per epoch, ``postfix`` the progress-bar figures
-    of a step."""
+    ``seed + e``, see ``EpochBatches``); ``finish`` turns an ``EpochResult`` into the epoch's
+    record; ``best_key`` names the record's figure to keep the best epoch by (None: no tracking),
+    ``on_best`` runs when it improves; ``describe`` gives the line printed per epoch, ``postfix``
+    the progress-bar figures of a step."""
 
     data: object
     epochs: int
