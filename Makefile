@@ -8,7 +8,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test data clean
 
-demo: $(STAMP) data  ## the main job: the shipped model at half its measured latency (NViT × STAR → fine-tune → checked ONNX → measured)
+demo: $(STAMP) data  ## the main job: the shipped model at half its measured latency (measured candidates raced against NViT alone and token methods alone → fine-tune → checked ONNX → measured)
 	$(BIN)/vitdeploy optimize fmnist_vit --budget-ratio 0.5 --finetune-steps 200 --out out/demo
 
 test: $(STAMP) data  ## the test suite (CPU only; GPU tests skip)

@@ -1,4 +1,4 @@
-"""GPU campaign (issue 14): every GPU figure vitdeploy publishes, from one command, into one folder.
+"""GPU campaign: every GPU figure vitdeploy publishes, from one command, into one folder.
 
     python3 benchmarks/gpu_campaign.py --out DIR                              # the campaign, on cuda:0
     .venv/bin/python benchmarks/gpu_campaign.py --device cpu --smoke --out DIR   # CPU smoke (make test runs it)

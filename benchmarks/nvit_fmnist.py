@@ -1,4 +1,4 @@
-"""NViT on the Fashion-MNIST reference model (issue 5), CPU only: accuracy and structure, no timings.
+"""NViT on the Fashion-MNIST reference model, CPU only: accuracy and structure, no timings.
 
     .venv/bin/python benchmarks/nvit_fmnist.py
 

@@ -1,4 +1,4 @@
-"""Serving the Fashion-MNIST models through Triton (issue 17): load test against in-process speed.
+"""Serving the Fashion-MNIST models through Triton: load test against in-process speed.
 
     .venv/bin/python benchmarks/serve_fmnist.py                   # the measurement (~4 minutes)
     .venv/bin/python benchmarks/serve_fmnist.py --duration 0.5 --warmup 0.2 --iters 5 --rounds 1 \

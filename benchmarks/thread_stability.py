@@ -1,4 +1,4 @@
-"""How repeatable CPU timings are with 1 and 2 ONNX Runtime threads on this machine (issue 16).
+"""How repeatable CPU timings are with 1 and 2 ONNX Runtime threads on this machine.
 
     .venv/bin/python benchmarks/thread_stability.py
 

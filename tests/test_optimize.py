@@ -1,5 +1,6 @@
-"""`vitdeploy optimize`: candidates under the budget, the best proxy chosen, drift corrected, and
-every refusal before any work. Measurements are simulated (a known multiple of the table's sum
+"""`vitdeploy optimize`: candidates measured under the budget (remade when over), raced by
+successive halving with the single-method runs, the final measurement's fallback, drift corrected,
+and every refusal before any work. Measurements are simulated (a known multiple of the table's sum
 of parts) so that what the optimiser does with them can be checked exactly; the harness itself
 is tested in tests/bench."""
 
@@ -22,22 +23,35 @@ DRIFT = 1.1
 
 
 class SimulatedMachine:
-    """Measures every model at DRIFT × the raw prediction (sum of parts) of ``table``."""
+    """Measures every model at DRIFT × (the raw prediction (sum of parts) of ``table`` + ``overhead_ms``);
+    the first ``slow_results`` final checks (a model named "result") measure ``slow_factor`` × that."""
 
-    def __init__(self, table: LatencyTable):
-        self.table = table
+    def __init__(self, table: LatencyTable, overhead_ms: float = 0.0, slow_results: int = 0, slow_factor: float = 1.0):
+        self.table, self.overhead_ms = table, overhead_ms
+        self.slow_results, self.slow_factor = slow_results, slow_factor
 
-    def measure_models(self, models, metadata, plan=None):
-        return {name: DRIFT * predict(self.table, model.spec)["raw_ms"] for name, model in models.items()}
+    def measure_models(self, models, metadata, plan=None, progress=False):
+        times = {name: DRIFT * (predict(self.table, model.spec)["raw_ms"] + self.overhead_ms)
+                 for name, model in models.items()}
+        if "result" in times and self.slow_results > 0:
+            self.slow_results -= 1
+            times["result"] *= self.slow_factor
+        return times
+
+
+def simulate(monkeypatch, table: LatencyTable, **machine) -> SimulatedMachine:
+    import vitdeploy.lut.measure as measure
+
+    simulated = SimulatedMachine(table, **machine)
+    monkeypatch.setattr(measure, "measure_models", simulated.measure_models)
+    return simulated
 
 
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    import vitdeploy.lut.measure as measure
-
     model = tiny_model(tiny_spec(num_classes=10))
     table = table_for_this_machine(model.spec)
-    monkeypatch.setattr(measure, "measure_models", SimulatedMachine(table).measure_models)
+    simulate(monkeypatch, table)
     path = tmp_path / "table.json"
     save_table(table, path)
     return model, table, str(path)
@@ -45,7 +59,7 @@ def setup(tmp_path, monkeypatch):
 
 def config(lut: str, budget_ms: float | None = None, **overrides) -> OptimizeConfig:
     fields = dict(budget_ms=budget_ms, lut=lut, resize=True, width_step=0.3, prune_step=0.2, step_finetune_steps=1,
-                  finetune_steps=2, proxy_images=64, calib_size=32, batch_size=16, eval_limit=64)
+                  rung_steps=1, finetune_steps=4, proxy_images=64, calib_size=32, batch_size=16, eval_limit=64)
     return OptimizeConfig(**{**fields, **overrides})
 
 
@@ -53,22 +67,65 @@ def unpruned_ms(model, table) -> float:
     return DRIFT * predict(table, model.spec)["raw_ms"]
 
 
-def test_joint_search_keeps_candidates_under_budget_and_picks_the_best_proxy(setup, tmp_path):
+def measured_within(candidate: dict, budget_ratio: float, tolerance: float = 0.01) -> bool:
+    return candidate["measurements"][-1]["measured_ratio"] <= budget_ratio * (1 + tolerance) + 1e-9
+
+
+def test_joint_search_measures_every_candidate_and_races_them_with_the_single_methods(setup, tmp_path):
     model, table, lut = setup
-    budget = 0.6 * unpruned_ms(model, table)
-    result = optimize(model, config(lut, budget), tmp_path / "out", progress=False)
-    candidates = result["candidates"]
-    assert len(candidates) >= 2 and candidates[0]["name"].startswith("unpruned structure")
-    assert all(c["predicted_ms"] <= budget * (1 + 1e-9) for c in candidates)
-    assert result["chosen"] == max(candidates, key=lambda c: (c["proxy_top1"], -c["predicted_ms"]))["name"]
-    assert any(c["structure_ratio"] < 1 for c in candidates) and any(c["tokens"] for c in candidates)
-    assert result["drift"]["factor"] == pytest.approx(DRIFT, rel=1e-3)
+    result = optimize(model, config(lut, budget_ratio=0.6), tmp_path / "out", progress=False)
+    candidates = {c["name"]: c for c in result["candidates"]}
+    kinds = {c["kind"] for c in candidates.values()}
+    assert kinds == {"joint", "nvit alone", "tokens alone"}
+    assert {"unpruned + star", "unpruned + patch-slimming"} <= set(candidates) | {d["name"] for d in result["dropped"]}
+    assert all(measured_within(c, 0.6) for c in candidates.values())
+    rounds = result["rounds"]
+    assert [r["steps"] for r in rounds] == [1, 3]  # 1 step for all, then 2 more for the better half
+    assert set(rounds[0]["proxy"]) == set(candidates)
+    last = rounds[-1]["proxy"]
+    assert len(last) < len(candidates) and any(candidates[n]["kind"] == "nvit alone" for n in last)
+    assert any(candidates[n]["kind"] == "tokens alone" for n in last)
+    best = max(last, key=lambda n: (last[n], -candidates[n]["measurements"][-1]["measured_ratio"]))
+    assert result["chosen"] == best
     final = result["final"]
-    assert final["latency"]["prediction_error_pct"] < 0.5  # drift corrected: the table predicts the machine
+    assert final["fine_tune_steps"] == 4 and final["within_budget"] and len(final["attempts"]) == 1
+    assert final["latency"]["target_error_pct"] <= 1.0 + 1e-6
     assert final["export"]["audit_passed"] and final["export"]["parity_max_abs_diff"] <= 1e-4
+    assert result["drift"]["factor"] == pytest.approx(DRIFT, rel=1e-3)
     written = json.loads((tmp_path / "out" / "optimize.json").read_text())
     assert written["chosen"] == result["chosen"]
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"model", "model.onnx", "optimize.json", "optimize.md"}
+    assert "single-method runs" in (tmp_path / "out" / "optimize.md").read_text()
+
+
+def test_candidates_measured_over_budget_are_remade_for_a_corrected_goal(tmp_path, monkeypatch):
+    model = tiny_model(tiny_spec(num_classes=10))
+    table = table_for_this_machine(model.spec)
+    save_table(table, tmp_path / "table.json")
+    overhead = 0.15 * predict(table, model.spec)["raw_ms"]  # every model slower than its parts: savings shrink
+    simulate(monkeypatch, table, overhead_ms=overhead)
+    result = optimize(model, config(str(tmp_path / "table.json"), budget_ratio=0.6), tmp_path / "out",
+                      progress=False)
+    assert result["savings_scale"] < 0.95
+    assert any(len(c["measurements"]) > 1 for c in result["candidates"])
+    assert all(measured_within(c, 0.6) for c in result["candidates"])
+    assert result["final"]["within_budget"]
+
+
+def test_a_final_measurement_over_budget_takes_the_next_candidate_down(tmp_path, monkeypatch):
+    model = tiny_model(tiny_spec(num_classes=10))
+    table = table_for_this_machine(model.spec)
+    save_table(table, tmp_path / "table.json")
+    simulate(monkeypatch, table, slow_results=1, slow_factor=1.2)
+    result = optimize(model, config(str(tmp_path / "table.json"), budget_ratio=0.6), tmp_path / "out",
+                      progress=False)
+    first, second = result["final"]["attempts"]
+    assert not first["within_budget"] and first["target_error_pct"] > 3
+    assert second["within_budget"] and result["chosen"] == second["candidate"] != first["candidate"]
+    measured = {c["name"]: c["measurements"][-1]["measured_ratio"] for c in result["candidates"]}
+    assert measured[second["candidate"]] < measured[first["candidate"]]
+    chosen = next(c for c in result["candidates"] if c["name"] == result["chosen"])
+    assert chosen["tuned_steps"] == 4 and "final attempt" in (tmp_path / "out" / "optimize.md").read_text()
 
 
 @pytest.mark.parametrize("search", ["nvit", "tokens"])
@@ -76,11 +133,26 @@ def test_single_searches_give_one_kind_of_candidate(setup, tmp_path, search):
     model, table, lut = setup
     result = optimize(model, config(lut, budget_ratio=0.7, search=search), tmp_path / "out", progress=False)
     assert result["config"]["budget_ms"] == pytest.approx(0.7 * unpruned_ms(model, table), rel=1e-3)
-    (candidate,) = result["candidates"]
+    candidates = result["candidates"]
     if search == "nvit":
-        assert candidate["tokens"] is None and candidate["structure_ratio"] <= 0.7 + 1e-9
+        (candidate,) = candidates
+        assert candidate["kind"] == "nvit alone" and candidate["tokens"] is None
+        assert candidate["structure_ratio"] <= 0.7 + 1e-9
     else:
-        assert candidate["structure_ratio"] == 1 and candidate["tokens"]["method"] == "star"
+        assert {c["kind"] for c in candidates} == {"tokens alone"}
+        assert all(c["structure_ratio"] == 1 for c in candidates)
+        assert {c["tokens"]["method"] for c in candidates} | {d["name"].split(" + ")[1] for d in result["dropped"]} \
+            == {"star", "patch-slimming"}
+
+
+def test_checked_ranking_fine_tunes_every_candidate_and_correlates_each_round(setup, tmp_path):
+    model, table, lut = setup
+    result = optimize(model, config(lut, budget_ratio=0.6, check_ranking=True), tmp_path / "out", progress=False)
+    check = result["ranking_check"]
+    assert all(c["tuned_steps"] == 4 and c["test_top1"] is not None and c["untuned_proxy"] is not None
+               for c in result["candidates"])
+    assert [c["steps"] for c in check["correlations"]] == [0] + [r["steps"] for r in result["rounds"]]
+    assert check["best_by_test"] == max(result["candidates"], key=lambda c: c["test_top1"])["name"]
 
 
 def test_budget_below_the_fastest_reachable_model_is_refused_before_any_work(setup, tmp_path):
@@ -127,3 +199,20 @@ def test_nvit_latency_target_is_checked_against_a_measurement(setup):
     assert latency["drift"]["factor"] == pytest.approx(DRIFT, rel=1e-3)
     assert latency["target_ratio"] == pytest.approx(0.7, rel=1e-3)
     assert latency["measured_ratio"] <= 0.7 * (1 + 1e-3) and latency["prediction_error_pct"] < 0.5
+
+
+@pytest.mark.parametrize("method", ["uniform", "star"])
+def test_token_latency_target_is_drift_corrected_and_checked_against_a_measurement(setup, method):
+    from vitdeploy.prune.registry import PruneContext, get_method
+    from vitdeploy.prune.token_config import TokenPruneConfig
+
+    model, table, lut = setup
+    target = 0.8 * unpruned_ms(model, table)  # today's machine is DRIFT × slower than the table
+    config = TokenPruneConfig(method=method, target_latency_ms=target, lut=lut)
+    pruned, report = get_method(method).prune(model, config, PruneContext(data="fashion-mnist", resize=True,
+                                                                          progress=False))
+    latency = report["latency"]
+    assert latency["drift"]["factor"] == pytest.approx(DRIFT, rel=1e-3)
+    assert latency["target_ratio"] == pytest.approx(0.8, rel=1e-3)
+    assert 0.6 < latency["measured_ratio"] <= 0.8 * (1 + 1e-3)
+    assert report["config"]["lut"] == lut

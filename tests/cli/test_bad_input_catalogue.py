@@ -179,10 +179,11 @@ def jpeg_folder(root: str, classes: int = 2, per_class: int = 4, bad: str | None
     return build
 
 
-def spvit_checkpoint_of_another_run(out: str) -> Setup:
+def spvit_checkpoint(out: str, payload=None) -> Setup:
+    """A checkpoint in ``out``'s SPViT work directory: by default one of another run."""
     def build(w: Path, assets) -> None:
         (w / f"{out}.spvit-work").mkdir()
-        checkpoint = {"format": 2, "identity": {"config": {"budget_flops": 0.3}}}
+        checkpoint = payload if payload is not None else {"format": 2, "identity": {"config": {"budget_flops": 0.3}}}
         torch.save(checkpoint, w / f"{out}.spvit-work" / "checkpoint.pt")
     return build
 
@@ -250,6 +251,7 @@ CASES = [
     Case("inspect-keep-nan", "option", "inspect m --keep 2:nan", (model(),)),
     Case("inspect-keep-block-out-of-range", "option", "inspect m --keep 9:0.5", (model(),)),
     Case("inspect-package-without-keep", "option", "inspect m --package", (model(),)),
+    Case("inspect-strict-checkpoint-that-needs-assumptions", "checkpoint", "inspect m.safetensors --strict", (deit(),)),
     Case("prune-nvit-eta-nan", "option", "prune nvit m --out o --calib fashion-mnist --eta nan", (model(),)),
     Case("prune-spvit-lambda-ratio-nan", "option", "prune spvit m --out o --data fashion-mnist --lambda-ratio nan",
          (model(),)),
@@ -270,6 +272,16 @@ CASES = [
     Case("serve-http-port-out-of-range", "option", "serve m --http-port 70000", (model(),)),
     Case("loadtest-duration-nan", "option", "loadtest localhost:1 --model m --duration nan"),
     Case("loadtest-batch-zero", "option", "loadtest localhost:1 --model m --batch 0"),
+    Case("triton-repo-huge-instances", "option", "triton-repo m --out repo --instances 99999999999", (model(),)),
+    Case("triton-repo-huge-max-batch", "option", "triton-repo m --out repo --max-batch 10000000000", (model(),)),
+    Case("serve-huge-max-batch", "option", "serve m --max-batch 10000000", (model(),)),
+    Case("serve-log-file-in-a-missing-directory", "output", "serve m --log-file no/such/dir/triton.log", (model(),)),
+    Case("loadtest-port-out-of-range", "option", "loadtest grpc://127.0.0.1:99999 --model m"),
+    Case("loadtest-port-not-a-number", "option", "loadtest http://127.0.0.1:abc --model m"),
+    Case("loadtest-metrics-port-not-a-number", "option",
+         "loadtest 127.0.0.1:8001 --model m --metrics-url http://127.0.0.1:x/metrics"),
+    Case("loadtest-timeout-nan", "option", "loadtest localhost:1 --model m --timeout nan"),
+    Case("loadtest-warmup-inf", "option", "loadtest localhost:1 --model m --warmup inf"),
     Case("model-arg-not-key-value", "option", "inspect m.safetensors --model-arg num_heads", (deit(),)),
     Case("train-label-smoothing-entry-point", "option", f"{TRAIN} --label-smoothing 2", subprocess=True),
 
@@ -374,6 +386,10 @@ CASES = [
          (model(), table(lambda data: data["mlp"]["ms"].pop()))),
     Case("lut-predict-missing-model", "latency table", "lut predict t.json nothing", (table(),)),
     Case("lut-refresh-garbage-table", "latency table", "lut refresh t.json", (file("t.json", "garbage"),)),
+    Case("lut-refresh-table-with-an-unknown-build-setting", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"]["build_config"].update(turbo=True)),)),
+    Case("lut-refresh-table-with-a-timing-plan-of-the-wrong-type", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"].update(timing_plan={"warmup": "three"})),)),
     Case("lut-build-unknown-grid", "latency table", "lut build --grid huge --out tables"),
     Case("lut-build-unknown-backend", "latency table", "lut build --backend nope --out tables"),
 
@@ -415,6 +431,8 @@ CASES = [
     Case("rewrite-report-path-is-a-directory", "output", "rewrite g.onnx --out y.onnx",
          (tiny_onnx(), old_outputs("y.onnx"), directory("y.rewrite.json"))),
     Case("triton-repo-out-is-a-file", "output", "triton-repo m --out repo", (model(), old_outputs("repo"))),
+    Case("triton-repo-version-directory-holds-other-files", "output", "triton-repo m --name mm --out repo",
+         (model(), old_outputs("repo/mm/1/model.onnx", "repo/mm/1/calibration.cache", "repo/mm/2/model.onnx"))),
 
     # data folders
     Case("eval-data-missing", "data", "eval m --data nodata --no-onnx", (model(),)),
@@ -444,7 +462,10 @@ CASES = [
          subprocess=True, env=(("WORLD_SIZE", "4"), ("RANK", "0"), ("LOCAL_RANK", "0"))),
     Case("prune-spvit-resume-of-another-run", "checkpoint",
          "prune spvit m --out o --data fashion-mnist --epochs 1 --limit 64 --val-size 16",
-         (model(), spvit_checkpoint_of_another_run("o"))),
+         (model(), spvit_checkpoint("o"))),
+    Case("prune-spvit-resume-of-a-checkpoint-of-the-wrong-type", "checkpoint",
+         "prune spvit m --out o --data fashion-mnist --epochs 1 --limit 64 --val-size 16",
+         (model(), spvit_checkpoint("o", payload=[1, 2, 3]))),
 
     # latency budgets: tables that do not fit the request, budgets no model reaches
     Case("optimize-no-budget", "option", "optimize m --lut tt.json --out o", (model(), tiny_table())),
@@ -479,9 +500,15 @@ CASES = [
          "prune uniform m --target-latency-ms 5 --lut t.json --out o", (model(), table())),
     Case("optimize-width-step-above-1", "option", "optimize m --budget-ms 5 --width-step 1.5 --lut tt.json --out o",
          (model(), tiny_table())),
+    Case("optimize-unknown-method-alone", "option", "optimize m --budget-ms 5 --alone star,nope --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-zero-rung-steps", "option", "optimize m --budget-ms 5 --rung-steps 0 --lut tt.json --out o",
+         (model(), tiny_table())),
     Case("prune-uniform-latency-target-zero", "option", "prune uniform m --target-latency-ms 0 --lut tt.json --out o",
          (model(), tiny_table())),
     Case("lut-build-round-to-without-for", "option", "lut build --grid quick --round-to 16 --out tables"),
+    Case("lut-build-for-out-is-a-file", "output", "lut build --for m --batch 2 --out tables",
+         (model(), old_outputs("tables"))),
     Case("lut-build-calibrate-without-for", "option", "lut build --grid quick --calibrate 3 --out tables"),
     Case("lut-build-for-unknown-model", "latency table", "lut build --for nothing --out tables"),
     Case("lut-build-for-and-grid", "option", "lut build --for m --grid quick --out tables", (model(),)),

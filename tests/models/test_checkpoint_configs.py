@@ -53,8 +53,7 @@ def test_heads_and_normalisation_come_from_timm_config_json(tmp_path):
     loaded = load_model(path)
     assert loaded.spec.blocks[0].heads == 6
     assert loaded.spec.mean == (0.5, 0.5, 0.5) and loaded.spec.std == (0.5, 0.5, 0.5)
-    assert loaded.assumptions == ["class-token pooling assumed (global_pool='token'); average-pooled models are "
-                                  "not supported"]
+    assert [note.split(" ")[0] for note in loaded.assumptions] == ["class-token", "GELU"]  # pooling, activation
     assert same_outputs(loaded, trained)
 
 
@@ -65,18 +64,20 @@ def test_without_a_config_the_assumed_heads_and_normalisation_are_said(tmp_path)
     assert same_outputs(loaded, trained)
     assumed = " | ".join(loaded.assumptions)
     assert "num_heads=3 assumed" in assumed and "pooling assumed" in assumed and "ImageNet mean/std" in assumed
+    assert "GELU (exact, erf) assumed" in assumed
 
 
 def test_model_arguments_on_the_command_line_override_the_shapes(tmp_path, capsys):
     trained = deit_shaped(heads=12)
     save_file(dict(trained.state_dict()), str(tmp_path / "m.safetensors"))
     loaded = load_model(str(tmp_path / "m.safetensors"), model_args={"num_heads": 12, "global_pool": "token",
-                                                                     "mean": [0.5] * 3, "std": [0.5] * 3})
+                                                                     "act_layer": "gelu", "mean": [0.5] * 3,
+                                                                     "std": [0.5] * 3})
     assert loaded.assumptions == [] and same_outputs(loaded, trained)
     assert main(["inspect", str(tmp_path / "m.safetensors"), "--model-arg", "num_heads=12", "--json"]) == 0
     out, err = capsys.readouterr()
     assert {b["heads"] for b in json.loads(out)["spec"]["blocks"]} == {12}
-    assert [line.split(":")[1] for line in err.splitlines()] == [" note"] * 2  # pooling, normalisation
+    assert [line.split(":")[1] for line in err.splitlines()] == [" note"] * 3  # pooling, activation, normalisation
 
 
 def test_deit_main_training_checkpoint_with_namespace_args_loads(tmp_path):
@@ -131,3 +132,14 @@ def test_prune_report_records_what_was_assumed(tmp_path, capsys):
     report = json.loads((tmp_path / "p" / "prune.json").read_text())
     assert any("num_heads=3 assumed" in note for note in report["assumed"])
     assert "vitdeploy: note: num_heads=3 assumed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra_positions, reason", [(4, "register tokens"), (-1, "no_embed_class")])
+def test_register_tokens_and_no_class_position_are_named_when_refused(tmp_path, extra_positions, reason):
+    state = dict(deit_shaped(heads=3).state_dict())
+    pos = state["pos_embed"]
+    state["pos_embed"] = (torch.cat([pos, pos[:, -extra_positions:]], dim=1) if extra_positions > 0
+                          else pos[:, :extra_positions])
+    save_file(state, str(tmp_path / "m.safetensors"))
+    with pytest.raises(VitDeployError, match=reason):
+        load_model(str(tmp_path / "m.safetensors"))

@@ -91,9 +91,30 @@ def test_tensorrt_target_without_tensorrt_writes_nothing(tiny_onnx, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_directory_with_other_files_is_not_replaced(tiny_onnx, tmp_path):
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "repo" / "notes.txt").write_text("mine")
+def test_other_models_versions_and_files_in_the_repository_are_kept(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    name = write_repository([str(tiny_onnx)], None, RepoConfig(), repo)[0]["name"]
+    (repo / "notes.txt").write_text("mine")
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "1" / "model.onnx").write_text("theirs")
+    (repo / name / "2").mkdir()
+    (repo / name / "2" / "model.onnx").write_text("version 2")
+    (repo / name / "labels.txt").write_text("a\nb")
+    (repo / name / "1" / "model.onnx").write_text("stale")
+    write_repository([str(tiny_onnx)], None, RepoConfig(max_batch=4), repo)
+    assert (repo / "notes.txt").read_text() == "mine"
+    assert (repo / "other_model" / "1" / "model.onnx").read_text() == "theirs"
+    assert (repo / name / "2" / "model.onnx").read_text() == "version 2"
+    assert (repo / name / "labels.txt").read_text() == "a\nb"
+    assert onnx.load(str(repo / name / "1" / "model.onnx")).graph.input[0].name == "images"  # replaced
+    assert read_config(repo / name / "config.pbtxt").max_batch_size == 4
+
+
+def test_a_version_directory_with_files_it_did_not_write_is_refused_before_any_work(tiny_onnx, tmp_path):
+    repo = tmp_path / "repo"
+    name = write_repository([str(tiny_onnx)], None, RepoConfig(), repo)[0]["name"]
+    (repo / name / "1" / "calibration.cache").write_text("mine")
+    before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
     with pytest.raises(VitDeployError, match="already holds other files"):
-        write_repository([str(tiny_onnx)], None, RepoConfig(), tmp_path / "repo")
-    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["notes.txt"]
+        write_repository([str(tiny_onnx)], None, RepoConfig(max_batch=4), repo)
+    assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before

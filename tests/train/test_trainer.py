@@ -183,6 +183,21 @@ def test_a_checkpoint_resumes_only_the_same_run_and_a_missing_one_starts_fresh(t
         Checkpoint(tmp_path / "broken.pt", {}, "test").resume(trainer)
 
 
+@pytest.mark.parametrize("edit", [
+    lambda payload: [payload],  # not a dict
+    lambda payload: {**payload, "epochs_done": "3"},
+    lambda payload: {**payload, "model": {"no.such.weight": torch.zeros(1)}},
+    lambda payload: {k: v for k, v in payload.items() if k != "optimizer"},
+])
+def test_a_checkpoint_of_the_right_run_with_a_field_of_the_wrong_type_is_one_line(tmp_path, edit):
+    trainer = small_trainer(small_model())
+    checkpoint = Checkpoint(tmp_path / "c.pt", {"lr": 1}, "test")
+    checkpoint.save(trainer, RunState())
+    torch.save(edit(torch.load(checkpoint.path, weights_only=True)), checkpoint.path)
+    with pytest.raises(VitDeployError, match="not a usable test checkpoint"):
+        checkpoint.resume(trainer)
+
+
 def test_fine_tuning_leaves_torch_threads_and_global_rng_as_it_found_them():
     model = tiny_model()
     data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(5, (16,)))

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import schema
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
@@ -29,6 +30,7 @@ PRUNE_24_HINT = "vitdeploy prune sparse24 MODEL --out DIR"
 """The command that leaves a model's block weights 2:4 sparse (named in the backends' error hints)."""
 
 
+@schema
 @dataclass
 class BuildConfig:
     """Everything that changes what a backend builds; JSON-serialisable and hashed for caching."""

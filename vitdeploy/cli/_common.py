@@ -35,6 +35,9 @@ def checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", help=ARCH_HELP)
     p.add_argument("--model-arg", dest="model_args", action="append", type=model_arg, metavar="KEY=VALUE",
                    help=MODEL_ARG_HELP)
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a checkpoint whose architecture would need anything assumed (heads, pooling, "
+                        "activation, normalisation) instead of noting it")
 
 
 def ascii_text(text: str) -> str:
@@ -59,7 +62,11 @@ def load_model_from(args, ref: str):
     from vitdeploy.models.zoo import load_model
 
     model = load_model(ref, args.arch, dict(args.model_args or ()))
-    args.notes = [*getattr(args, "notes", []), *getattr(model, "assumptions", [])]
+    assumed = getattr(model, "assumptions", [])
+    if assumed and getattr(args, "strict", False):
+        more = f" (and {len(assumed) - 1} more)" if len(assumed) > 1 else ""
+        raise VitDeployError(f"--strict: {ref} would need {assumed[0]}{more}")
+    args.notes = [*getattr(args, "notes", []), *assumed]
     return model
 
 

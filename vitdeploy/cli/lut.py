@@ -76,19 +76,22 @@ def register(sub) -> None:
 
 def _run_lut_build(args) -> None:
     from vitdeploy.backends import BuildConfig
-    from vitdeploy.lut import build_table, build_table_for, default_grid, save_table, table_path
+    from vitdeploy.hardware import device_name
+    from vitdeploy.io import check_output_files
+    from vitdeploy.lut import build_table, build_table_for, default_grid, model_table_path, save_table, table_path
 
     _check_build_options(args)
     config = BuildConfig(precision=args.precision, device=args.device, batch_sizes=(args.batch,),
                          threads=args.threads).validate()
     command, progress = shlex.join(["vitdeploy", *sys.argv[1:]]), sys.stderr.isatty()
-    if args.for_model:
-        spec = load_model_from(args, args.for_model).spec
+    spec = load_model_from(args, args.for_model).spec if args.for_model else None
+    check_output_files(model_table_path(device_name(args.device), args.backend, args.precision, args.out,
+                                        spec.name if spec else None, args.batch))  # before minutes of timing
+    if spec is not None:
         calibration_models = DEFAULT_CALIBRATION_MODELS if args.calibrate is None else args.calibrate
         table = build_table_for(spec, args.backend, config, args.batch, args.round_to or 8, calibration_models,
                                 progress, command)
     else:
-        spec = None
         table = build_table(args.backend, config, default_grid(args.grid or DEFAULT_GRID), device_batch=args.batch,
                             command=command, progress=progress)
     path = table_path(table.metadata, args.out, model=spec.name if spec else None)

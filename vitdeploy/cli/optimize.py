@@ -15,7 +15,8 @@ examples:
   vitdeploy optimize fmnist_vit --budget-ms 9 --lut latency_tables/TABLE.json --out out/opt9
   vitdeploy optimize fmnist_vit --budget-ratio 0.5 --lut TABLE.json --out out/half   # half today's latency
   vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search nvit --out out/nvit9   # structure only
-  vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search tokens --tokens patch-slimming --out out/ps9"""
+  vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search tokens --out out/t9   # STAR or Patch Slimming
+  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --check-ranking --out out/checked   # all fine-tuned fully"""
 
 OPTIONS = {
     "budget_ms": "latency budget in ms at the table's batch",
@@ -27,12 +28,18 @@ OPTIONS = {
     "data": "fashion-mnist or an ImageFolder directory: train split to prune and fine-tune, test split for top-1",
     "resize": "resize the data's images to the model's input size",
     "search": "candidates: structure and tokens jointly, NViT structure only, or a token plan only",
-    "tokens": "token method solved for the budget on each structure",
+    "tokens": "token method solved for the budget on each NViT snapshot",
+    "alone": "token methods also tried alone on the unpruned structure (comma-separated; '' for none)",
     "width_step": "structural candidates every this share of the unpruned predicted latency",
     "prune_step": "NViT: predicted latency removed per pruning step, as a share of the unpruned model's",
-    "step_finetune_steps": "NViT: distilled fine-tuning steps after each pruning step",
-    "finetune_steps": "distilled fine-tuning steps of the chosen candidate (token plan active)",
-    "proxy_images": "training images each candidate's proxy top-1 is measured on",
+    "step_finetune_steps": "NViT: distilled fine-tuning steps after each pruning step (prune nvit's schedule)",
+    "rung_steps": "successive halving: fine-tuning steps of every candidate in the first round, doubled for the "
+                  "better half in each later round",
+    "finetune_steps": "distilled fine-tuning steps of the chosen candidate (token plan active), from its weights "
+                      "before the race; no candidate is fine-tuned longer in the race",
+    "proxy_images": "training images held out of every fine-tune to rank the candidates on",
+    "check_ranking": "also fine-tune every candidate fully and report its test top-1 and the proxy's rank "
+                     "correlation with it (slow)",
     "calib_size": "calibration images of the token method",
     "round_to": "NViT keeps every dim a multiple of this",
     "lr": "fine-tuning peak learning rate",
@@ -48,9 +55,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "optimize", help="the most accurate model within a latency budget: NViT × token plans, measured",
         description="Search structural widths (NViT) and token plans (STAR, Patch Slimming, keep rates) for the "
-                    "most accurate model whose latency predicted by a measured table fits --budget-ms; fine-tune "
-                    "the chosen one with distillation, export it with every check and measure it. Writes DIR/model, "
-                    "DIR/model.onnx and DIR/optimize.json (every candidate, predicted vs measured latency, top-1).",
+                    "most accurate model that measures within --budget-ms. Candidates are made with a measured "
+                    "latency table and each is timed (and remade if over budget); NViT alone and each token method "
+                    "alone are candidates too. Successive halving ranks them after equal distilled fine-tuning; the "
+                    "best gets the full fine-tune, is exported with every check and measured again (the next one "
+                    "down is tried if it is more than 3 %% over). Writes DIR/model, DIR/model.onnx and "
+                    "DIR/optimize.json (every candidate, round and attempt; predicted vs measured latency; top-1).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output directory (replaced only when the run succeeds)")

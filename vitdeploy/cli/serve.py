@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 from vitdeploy.cli._common import MODEL_HELP, check_onnx_files
+from vitdeploy.cli._options import batch_size, float_in, threads_count, whole_number_in
 
 MODELS_HELP = MODEL_HELP + ", or an exported .onnx file"
+MAX_QUEUE_DELAY_US = 60_000_000
+"""A minute: Triton holds a request at most this long to fill a batch."""
+MAX_INSTANCES = 256
+MAX_REQUESTS = 1_000_000_000
+tcp_port = whole_number_in(1, 65535)
 SERVE_EXAMPLES = """examples:
   vitdeploy serve fmnist_vit
   vitdeploy serve fmnist_vit out/pruned --name base --name pruned --max-batch 16 --grpc-port 9001
@@ -40,11 +46,12 @@ def register(sub) -> None:
 def _add_batching_arguments(p: argparse.ArgumentParser, max_batch: int, delay_us: int) -> None:
     p.add_argument("--name", action="append", metavar="NAME",
                    help="Triton model name, once per MODEL in order (default: each model's own name)")
-    p.add_argument("--max-batch", type=int, default=max_batch,
+    p.add_argument("--max-batch", type=batch_size, default=max_batch,
                    help="largest batch Triton sends to a model (default: %(default)s)")
-    p.add_argument("--max-queue-delay-us", type=int, default=delay_us,
+    p.add_argument("--max-queue-delay-us", type=whole_number_in(0, MAX_QUEUE_DELAY_US), default=delay_us,
                    help="how long the dynamic batcher may hold a request to fill a batch (default: %(default)s)")
-    p.add_argument("--instances", type=int, default=1, help="model instances, one engine each (default: 1)")
+    p.add_argument("--instances", type=whole_number_in(1, MAX_INSTANCES), default=1,
+                   help="model instances, one engine each (default: 1)")
 
 
 def _add_serve(sub) -> None:
@@ -62,11 +69,12 @@ def _add_serve(sub) -> None:
     p.add_argument("--backend", choices=backend_names(), default=d.backend, help="engine (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, help="default: cuda for tensorrt, else cpu")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads per engine (default: %(default)s)")
+    p.add_argument("--threads", type=threads_count, default=d.threads,
+                   help="CPU threads per engine (default: %(default)s)")
     _add_batching_arguments(p, d.max_batch, d.max_queue_delay_us)
-    p.add_argument("--http-port", type=int, default=d.http_port, help="default: %(default)s")
-    p.add_argument("--grpc-port", type=int, default=d.grpc_port, help="default: %(default)s")
-    p.add_argument("--metrics-port", type=int, default=d.metrics_port, help="default: %(default)s")
+    p.add_argument("--http-port", type=tcp_port, default=d.http_port, help="default: %(default)s")
+    p.add_argument("--grpc-port", type=tcp_port, default=d.grpc_port, help="default: %(default)s")
+    p.add_argument("--metrics-port", type=tcp_port, default=d.metrics_port, help="default: %(default)s")
     p.add_argument("--log-file", type=Path, help="write Triton's log there (default: stdout/stderr)")
     p.set_defaults(run=_run_serve)
 
@@ -156,14 +164,14 @@ def _add_loadtest(sub) -> None:
     p.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="Triton model name; repeat to test several, one after the other")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=d.duration_s,
+    p.add_argument("--duration", type=float_in(0, 3600, low_open=True), default=d.duration_s,
                    help="timed seconds per level (default: %(default)s)")
-    p.add_argument("--warmup", type=float, default=d.warmup_s,
+    p.add_argument("--warmup", type=float_in(0, 3600), default=d.warmup_s,
                    help="untimed seconds per level before timing (default: %(default)s)")
-    p.add_argument("--max-requests", type=int, default=d.max_requests,
+    p.add_argument("--max-requests", type=whole_number_in(1, MAX_REQUESTS), default=d.max_requests,
                    help="request cap per level (default: %(default)s)")
-    p.add_argument("--batch", type=int, default=d.batch, help="images per request (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=d.request_timeout_s,
+    p.add_argument("--batch", type=batch_size, default=d.batch, help="images per request (default: %(default)s)")
+    p.add_argument("--timeout", type=float_in(0, 3600, low_open=True), default=d.request_timeout_s,
                    help="seconds before a request counts as failed (default: %(default)s)")
     p.add_argument("--metrics-url", help="the server's Prometheus metrics (default: http://HOST:8002/metrics)")
     p.add_argument("--out", help="write OUT.json, OUT.md and OUT.png (default: print only)")

@@ -297,6 +297,7 @@ class LatencyTable:
             if file.schema_version != SCHEMA_VERSION:
                 raise ValueError(f"schema_version {file.schema_version!r} is not the supported {SCHEMA_VERSION}")
             _check_ranges(file)
+            _check_settings(file.metadata, where)
             table = cls(file.metadata, file.reference_heads, file.stem,
                         **{name: PartTable.from_dict(asdict(getattr(file, name)), name) for name in PART_AXES},
                         calibration=file.calibration)
@@ -393,6 +394,16 @@ def _predict_fixed(table: LatencyTable, spec: ViTSpec) -> tuple[float, list[str]
                              "table for this geometry")
     ms, outside = table.fixed.interpolate({"embed": spec.embed_dim})
     return max(0.0, ms), outside
+
+
+def _check_settings(meta: TableMetadata, where: str) -> None:
+    """The timing plan and build settings a table records, validated as the tools that re-use them
+    (``lut refresh``, whole-model measurements) read them."""
+    from vitdeploy.backends import BuildConfig
+    from vitdeploy.bench.harness import TimingPlan
+
+    parse(TimingPlan, meta.timing_plan, f"{where}: metadata.timing_plan")
+    parse(BuildConfig, {**meta.build_config, "batch_sizes": [meta.batch]}, f"{where}: metadata.build_config")
 
 
 def load_table(path: str | Path) -> LatencyTable:

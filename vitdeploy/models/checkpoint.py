@@ -177,10 +177,11 @@ def spec_from_timm_state(state: dict[str, torch.Tensor], config: CheckpointConfi
     num_patches = state["pos_embed"].shape[1] - (2 if distilled else 1)
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
-        raise VitDeployError(f"not a square patch grid: pos_embed holds {num_patches} patch positions")
+        raise VitDeployError(_not_square_message(num_patches, distilled))
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     _require_keys(state, tuple(f"blocks.{i}.mlp.fc1.weight" for i in range(depth)))
     heads = _heads(embed_dim, config, assumptions)
+    _note_activation(config, assumptions)
     head_dim = embed_dim // heads
     blocks = [
         BlockSpec(heads=heads, qk_dim=head_dim, v_dim=head_dim, attn_scale=head_dim**-0.5,
@@ -378,6 +379,13 @@ def _heads(embed_dim: int, config: CheckpointConfig, assumptions: list[str]) -> 
     return heads
 
 
+def _note_activation(config: CheckpointConfig, assumptions: list[str]) -> None:
+    """Say that GELU was assumed when nothing names the activation (a weight shape cannot show it)."""
+    if config.model_args.get("act_layer") is None and _registered(config.arch) is None:
+        assumptions.append("GELU (exact, erf) assumed; a model trained with another activation (e.g. gelu_tanh) "
+                           "would give slightly different logits: pass --model-arg act_layer=NAME to have it checked")
+
+
 def _check_config_matches(model_args: dict[str, Any], **actual: Any) -> None:
     """Refuse a config that contradicts the weights' shapes (it belongs to another model)."""
     for name, value in actual.items():
@@ -406,6 +414,22 @@ def _normalisation(in_chans: int, config: CheckpointConfig,
     assumptions.append("ImageNet mean/std assumed (no normalisation in the checkpoint's config); "
                        "pass --model-arg mean=[...] --model-arg std=[...] if it was trained otherwise")
     return IMAGENET_MEAN[:in_chans], IMAGENET_STD[:in_chans]
+
+
+def _not_square_message(positions: int, distilled: bool) -> str:
+    """Why ``pos_embed`` does not hold one position per prefix token and patch: register tokens or
+    no position for the class token (timm's ``reg_tokens``, ``no_embed_class``), when the count says so."""
+    prefix = 2 if distilled else 1
+    total = positions + prefix
+    if math.isqrt(total) ** 2 == total:
+        return (f"pos_embed holds {total} positions, a square patch grid with no class-token position "
+                "(timm's no_embed_class=True): vitdeploy's ViT gives the class token a position, so it cannot run "
+                "this model")
+    for extra in range(1, min(17, positions)):
+        if math.isqrt(positions - extra) ** 2 == positions - extra:
+            return (f"pos_embed holds {positions} patch positions: {positions - extra} patches plus {extra} more "
+                    f"tokens, as register tokens (timm's reg_tokens) would; vitdeploy's ViT has no register tokens")
+    return f"not a square patch grid: pos_embed holds {positions} patch positions"
 
 
 def _require_finite(state: dict[str, torch.Tensor], source: str) -> None:

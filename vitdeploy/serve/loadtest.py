@@ -50,10 +50,10 @@ class LoadPlan:
     def validate(self) -> "LoadPlan":
         if not self.concurrency or min(self.concurrency) < 1:
             raise VitDeployError("--concurrency: give client counts ≥ 1")
-        if not 0 < self.duration_s <= 3600 or self.warmup_s < 0:
-            raise VitDeployError("--duration must be in (0, 3600] seconds and --warmup at least 0")
-        if self.max_requests < 1 or self.batch < 1 or self.request_timeout_s <= 0:
-            raise VitDeployError("--max-requests and --batch must be at least 1, --timeout above 0")
+        if not 0 < self.duration_s <= 3600 or not 0 <= self.warmup_s <= 3600:
+            raise VitDeployError("--duration must be in (0, 3600] seconds and --warmup in [0, 3600]")
+        if self.max_requests < 1 or self.batch < 1 or not 0 < self.request_timeout_s <= 3600:
+            raise VitDeployError("--max-requests and --batch must be at least 1, --timeout in (0, 3600] seconds")
         return self
 
 
@@ -85,15 +85,28 @@ class LevelResult:
 def parse_endpoint(url: str, metrics_url: str | None = None) -> Endpoint:
     """``grpc://host:port``, ``http://host:port`` or ``host:port`` (gRPC); the host must be loopback."""
     parts = urlsplit(url if "://" in url else f"grpc://{url}")
-    if parts.scheme not in PROTOCOLS or not parts.hostname or parts.port is None or parts.path not in ("", "/"):
+    if parts.scheme not in PROTOCOLS or not parts.hostname or _port(parts, url) is None \
+            or parts.path not in ("", "/"):
         raise VitDeployError(f"{url}: give the server as grpc://HOST:PORT or http://HOST:PORT")
     require_loopback(parts.hostname, url)
     metrics_url = metrics_url or f"http://{parts.hostname}:{DEFAULT_METRICS_PORT}/metrics"
     metrics = urlsplit(metrics_url)
     if metrics.scheme != "http" or not metrics.hostname:
         raise VitDeployError(f"--metrics-url {metrics_url}: give http://HOST:PORT/metrics")
+    _port(metrics, metrics_url)
     require_loopback(metrics.hostname, metrics_url)
     return Endpoint(parts.scheme, f"{parts.hostname}:{parts.port}", metrics_url)
+
+
+def _port(parts, url: str) -> int | None:
+    """The URL's port; one line for a port that is not a number in 1..65535."""
+    try:
+        port = parts.port
+    except ValueError:
+        raise VitDeployError(f"{url}: the port must be a whole number in 1..65535") from None
+    if port == 0:
+        raise VitDeployError(f"{url}: the port must be a whole number in 1..65535")
+    return port
 
 
 def require_loopback(host: str, url: str) -> None:

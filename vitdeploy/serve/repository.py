@@ -8,23 +8,29 @@ written in text format, parsed back and checked against the ONNX graph it descri
 
 The tensors are named as ``vitdeploy serve`` names them (``images`` in, ``logits`` out), so the
 same clients work with both: the exported graph gets an ``Identity`` from ``images`` to its own
-input name. The repository is assembled in a temporary directory and renamed into place.
+input name. Every model is assembled in a temporary directory first; then each model's version
+directory ``1/`` and its ``config.pbtxt`` replace their old copies. Nothing else in the repository
+is touched: other models, other versions and other files in a model's directory stay, and a
+version directory holding files this command does not write is refused before any work.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.errors import VitDeployError
-from vitdeploy.io import atomic_dir
+from vitdeploy.io import atomic_dir, check_output_dir, write_bytes_atomic
 from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, model_names
 
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 VERSION = "1"
 CONFIG_NAME = "config.pbtxt"
+ENGINE_FILES = tuple(file for _, file in PLATFORMS.values())
+"""What a version directory written here holds."""
 ORT_TENSORRT_PRECISIONS = ("fp32", "fp16")
 
 
@@ -60,14 +66,36 @@ class RepoConfig:
 
 
 def write_repository(refs: list[str], names: list[str] | None, config: RepoConfig, out: Path) -> list[dict]:
-    """Write a Triton model repository for ``refs`` at ``out``; one summary dict per model."""
+    """Write (or update) a Triton model repository at ``out`` for ``refs``; one summary dict per model."""
     config.validate()
     with tempfile.TemporaryDirectory(prefix="vitdeploy-triton-repo-") as work_dir:
         sources = [ModelSource(ref, work_dir) for ref in refs]
         names = model_names([source.name for source in sources], names)
-        with atomic_dir(out, owned_names=names) as tmp_repo:
-            return [write_model(tmp_repo / name, name, source, config, Path(work_dir))
-                    for name, source in zip(names, sources)]
+        for name in names:
+            _require_own(out / name)
+        staged = Path(work_dir) / "repo"
+        written = [write_model(staged / name, name, source, config, Path(work_dir))
+                   for name, source in zip(names, sources)]
+        for name in names:
+            _install(staged / name, out / name)
+        return written
+
+
+def _require_own(model_dir: Path) -> None:
+    """Refuse, before any work, a model directory whose version directory or config this would not replace."""
+    if model_dir.is_file():
+        raise VitDeployError(f"{model_dir} is a file; Triton needs a directory per model there")
+    if (model_dir / CONFIG_NAME).is_dir():
+        raise VitDeployError(f"{model_dir / CONFIG_NAME} is a directory; remove it or choose another --name")
+    check_output_dir(model_dir / VERSION, ENGINE_FILES)
+
+
+def _install(staged: Path, model_dir: Path) -> None:
+    """Move a staged model's version directory and config into ``model_dir``, each replaced atomically."""
+    with atomic_dir(model_dir / VERSION, owned_names=ENGINE_FILES) as version_dir:
+        for engine in (staged / VERSION).iterdir():
+            shutil.copyfile(engine, version_dir / engine.name)
+    write_bytes_atomic(model_dir / CONFIG_NAME, (staged / CONFIG_NAME).read_bytes())
 
 
 def write_model(model_dir: Path, name: str, source: ModelSource, config: RepoConfig, work_dir: Path) -> dict:

@@ -40,6 +40,7 @@ import numpy as np
 
 from vitdeploy.backends import BuildConfig, Engine, ModelSource, get_backend
 from vitdeploy.errors import VitDeployError
+from vitdeploy.io import check_output_files
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 LOOPBACK = "127.0.0.1"
@@ -78,6 +79,11 @@ class ServeConfig:
         if not all(1 <= port <= 65535 for port in ports) or len(set(ports)) < len(ports):
             raise VitDeployError(f"--http-port, --grpc-port and --metrics-port must be three different ports "
                                  f"in 1..65535, got {', '.join(map(str, ports))}")
+        if self.log_file is not None:
+            if not self.log_file.absolute().parent.is_dir():
+                raise VitDeployError(f"--log-file {self.log_file}: {self.log_file.parent} is not a directory "
+                                     "(Triton does not create it)")
+            check_output_files(self.log_file)
         self.build_config()
         return self
 

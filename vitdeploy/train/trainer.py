@@ -34,6 +34,9 @@ from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_path
 
 CHECKPOINT_FORMAT = 2
+PAYLOAD_TYPES = {"epochs_done": int, "model": dict, "optimizer": dict, "generator": torch.Tensor, "history": list,
+                 "best_epoch": (int, type(None)), "best_score": (int, float), "best_model": (dict, type(None))}
+"""What a checkpoint's fields must be, beyond its format and identity."""
 
 StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]
 """(augmented images, labels or soft targets) → the loss to minimise (the mean over the images) and
@@ -194,6 +197,8 @@ class Checkpoint:
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
             raise VitDeployError(f"{self.path}: not a readable {self.kind} checkpoint ({type(exc).__name__}); "
                                  "delete it or start without resuming") from None
+        if not isinstance(payload, dict):
+            raise self._unusable("it does not hold a checkpoint's fields")
         if payload.get("format") != CHECKPOINT_FORMAT or payload.get("identity") != self.identity:
             raise VitDeployError(f"{self.path} belongs to a different {self.kind} run (other settings, model or "
                                  "format); use a new output directory, or turn resuming off to start over there")
@@ -201,11 +206,21 @@ class Checkpoint:
         if written_by != trainer.runtime.world_size:
             raise VitDeployError(f"{self.path} was written by a job of {written_by} process(es); resume it with "
                                  f"{written_by} (torchrun --nproc-per-node), or turn resuming off to start over")
-        trainer.model.load_state_dict(payload["model"])
-        trainer.optimizer.load_state_dict(payload["optimizer"])
-        trainer.generator.set_state(payload["generator"])
+        wrong = [name for name, kinds in PAYLOAD_TYPES.items() if not isinstance(payload.get(name), kinds)]
+        if wrong:
+            raise self._unusable(f"{', '.join(wrong)} missing or of the wrong type")
+        try:
+            trainer.model.load_state_dict(payload["model"])
+            trainer.optimizer.load_state_dict(payload["optimizer"])
+            trainer.generator.set_state(payload["generator"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise self._unusable(f"its state does not fit this run ({type(exc).__name__})") from None
         return RunState(payload["epochs_done"], payload["history"], payload["best_epoch"], payload["best_score"],
                         payload["best_model"])
+
+    def _unusable(self, why: str) -> VitDeployError:
+        return VitDeployError(f"{self.path}: not a usable {self.kind} checkpoint: {why}; delete it or start "
+                              "without resuming")
 
 
 @dataclass
