@@ -114,3 +114,44 @@ def test_endpoint_defaults():
         "grpc", "localhost:9001", "http://localhost:8002/metrics")
     with pytest.raises(VitDeployError, match="loopback"):
         parse_endpoint("grpc://127.0.0.1:9001", "http://192.168.1.1:8002/metrics")
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback port that accepts connections and never answers; yields the port."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop, accepted = threading.Event(), []
+
+    def accept():
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_server_that_never_answers_is_one_line_within_the_timeout(silent_server, protocol):
+    import time
+
+    from tests.conftest import run_cli
+
+    started = time.monotonic()
+    result = run_cli("loadtest", f"{protocol}://127.0.0.1:{silent_server}", "--model", "m", "--timeout", "1",
+                     "--duration", "1", "--metrics-url", f"http://127.0.0.1:{silent_server}/metrics")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("vitdeploy: error: the server did not answer within --timeout 1 s")
+    assert time.monotonic() - started < 30

@@ -135,17 +135,20 @@ def open_client(endpoint: Endpoint, concurrency: int):
     return module.InferenceServerClient(endpoint.address)
 
 
-async def model_io(client, protocol: str, model: str) -> tuple[dict, dict]:
-    """The model's (single) input and output as metadata dicts with int shapes; a ``VitDeployError`` if absent."""
+async def model_io(client, protocol: str, model: str, timeout_s: float) -> tuple[dict, dict]:
+    """The model's (single) input and output as metadata dicts with int shapes; a ``VitDeployError`` if
+    absent, or if the server does not answer within ``timeout_s``."""
     from tritonclient.utils import InferenceServerException
 
     try:
         as_dict = {"as_json": True} if protocol == "grpc" else {}  # HTTP answers with a dict anyway
-        metadata = await client.get_model_metadata(model, **as_dict)
+        metadata = await asyncio.wait_for(client.get_model_metadata(model, **as_dict), timeout_s)
+    except asyncio.TimeoutError:
+        raise VitDeployError(f"the server did not answer within --timeout {timeout_s:g} s") from None
     except InferenceServerException as exc:
         raise VitDeployError(f"model {model!r}: {exc.message()}") from None
     except OSError as exc:  # the HTTP client's connection errors
-        raise VitDeployError(f"cannot reach the server: {exc}") from None
+        raise VitDeployError(f"cannot reach the server: {exc.strerror or type(exc).__name__}") from None
     tensors = [{**t, "shape": [int(d) for d in t["shape"]]} for t in (metadata["inputs"][0], metadata["outputs"][0])]
     return tensors[0], tensors[1]
 
@@ -251,7 +254,7 @@ async def load_levels(endpoint: Endpoint, model: str, plan: LoadPlan) -> list[Le
     module = client_module(endpoint.protocol)
     client = open_client(endpoint, max(plan.concurrency))
     try:
-        model_input, model_output = await model_io(client, endpoint.protocol, model)
+        model_input, model_output = await model_io(client, endpoint.protocol, model, plan.request_timeout_s)
         inputs = request_inputs(module, model_input, plan.batch, plan.seed)
         results = []
         for concurrency in plan.concurrency:
