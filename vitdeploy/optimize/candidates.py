@@ -18,6 +18,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from vitdeploy.errors import VitDeployError
@@ -98,7 +99,14 @@ class Search:
     def predicted_ratio(self, model) -> float:
         from vitdeploy.lut.table import predict
 
-        return predict(self.table, model.spec)["total_ms"] / predict(self.table, self.base.spec)["total_ms"]
+        return predict(self.table, model.spec)["total_ms"] / self.base_ms
+
+    @cached_property
+    def base_ms(self) -> float:
+        """The unpruned model's predicted latency under the (drift-corrected) table."""
+        from vitdeploy.lut.table import predict
+
+        return predict(self.table, self.base.spec)["total_ms"]
 
     def structure_ratio(self, model) -> float:
         """The predicted latency of ``model``'s structure (no token plan), as a share of the unpruned one's."""
@@ -193,11 +201,10 @@ def _with_plan(search: Search, name: str, kind: str, structure, structure_ratio:
 def _token_plan(search: Search, structure, method: str, goal_ratio: float):
     """(model, report): ``structure`` with ``method``'s plan predicted at ``goal_ratio`` of the
     unpruned latency; ``VitDeployError`` if the method cannot go that low."""
-    from vitdeploy.lut.table import predict
     from vitdeploy.prune.token_config import TokenPruneConfig
     from vitdeploy.prune.token_methods import prune_tokens
 
-    goal_ms = goal_ratio * predict(search.table, search.base.spec)["total_ms"]
+    goal_ms = goal_ratio * search.base_ms
     config = TokenPruneConfig(method=method, target_latency_ms=goal_ms, lut=search.table_file,
                               calib_size=search.config.calib_size, seed=search.config.seed)
     return prune_tokens(structure, config, search.calib_images, progress=search.progress)
@@ -214,13 +221,16 @@ def measure_within_budget(search: Search, candidates: list[Candidate]) -> tuple[
         pending = _remade(search, over, dropped) if round_index < MEASURE_ROUNDS - 1 else []
         if not pending:
             break
-    gone = {d["name"] for d in dropped}
+    unmakeable, kept = {d["name"] for d in dropped}, []
     for candidate in candidates:
-        if candidate.name not in gone and candidate.measured_ratio > limit:
+        if candidate.name in unmakeable:
+            continue
+        if candidate.measured_ratio > limit:
             dropped.append({"name": candidate.name, "reason": f"measured {candidate.measured_ratio:.3f}× for a "
                             f"{search.budget_ratio:.3f}× budget after {len(candidate.measurements)} tries"})
-    gone = {d["name"] for d in dropped}
-    return [c for c in candidates if c.name not in gone], dropped
+        else:
+            kept.append(candidate)
+    return kept, dropped
 
 
 def _remade(search: Search, over: list[Candidate], dropped: list[dict]) -> list[Candidate]:
