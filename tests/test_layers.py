@@ -1,6 +1,11 @@
-"""The package's layering (docs/architecture.md): no module imports from a layer above its own."""
+"""The package's layering (docs/architecture.md): no module imports from a layer above its own, and
+no two top-level packages import each other, directly or round a cycle (within a layer too).
+
+Every import counts: at module level or inside a function, absolute or relative, and
+``from vitdeploy import X`` as an import of ``vitdeploy.X``."""
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -27,11 +32,23 @@ def layer_of(module: str) -> int:
 def imported_modules(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+        if isinstance(node, ast.ImportFrom):
+            base = absolute_module(path, node)
+            names.update(f"{base}.{alias.name}" if base == "vitdeploy" else base for alias in node.names)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return {name for name in names if name.startswith("vitdeploy.")}
+
+
+def absolute_module(path: Path, node: ast.ImportFrom) -> str:
+    """The module an ``import from`` names, with a relative one resolved against ``path``'s package."""
+    if node.level == 0:
+        return node.module
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    package = package[: len(package) - (node.level - 1)]
+    return ".".join([*package, *([node.module] if node.module else [])])
 
 
 def module_name(path: Path) -> str:
@@ -51,3 +68,25 @@ def test_no_module_imports_from_a_layer_above_its_own(path):
     own = layer_of(module_name(path))
     upward = sorted(m for m in imported_modules(path) if m.split(".")[1] in LAYERS and layer_of(m) > own)
     assert not upward, f"{module_name(path)} (layer {own}) imports {upward}"
+
+
+def test_imports_resolve_relative_and_package_level_forms():
+    module = PACKAGE / "models" / "zoo.py"
+    tree = ast.parse("from . import spec\nfrom ..export import onnx\nfrom vitdeploy import io\n")
+    names = [absolute_module(module, node) for node in tree.body]
+    assert names == ["vitdeploy.models", "vitdeploy.export", "vitdeploy"]
+
+
+def top_level(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_no_cycle_between_top_level_packages():
+    graph: dict[str, set[str]] = {}
+    for path in MODULES:
+        own = top_level(module_name(path))
+        graph.setdefault(own, set()).update(top_level(m) for m in imported_modules(path) if top_level(m) != own)
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        pytest.fail(f"import cycle between top-level packages: {' → '.join(error.args[1])}")

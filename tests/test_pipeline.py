@@ -110,7 +110,7 @@ def test_a_recipe_runs_prune_export_and_bench_for_every_variant(tmp_path):
     recipe = _write_recipe(tmp_path / "r.json", model=str(tmp_path / "tiny"), eval=False, bench=QUICK_BENCH, variants=[
         {"name": "evit", "prune": [{"method": "cls-attn", "settings": {"rate": 0.5, "package": True}}]},
         {"name": "keep", "keep": "2:0.5"}])
-    summary = run_recipe(load_recipe(recipe), tmp_path / "out")
+    summary = run_recipe(load_recipe(recipe), tmp_path / "out", command="vitdeploy run r.json --out out")
     assert [v["variant"] for v in summary["variants"]] == ["baseline", "evit", "keep"]
     assert [r["model"] for r in summary["bench"]["rows"]] == ["baseline", "evit", "keep"]
     assert all(r["throughput"] > 0 for r in summary["bench"]["rows"])
@@ -120,7 +120,7 @@ def test_a_recipe_runs_prune_export_and_bench_for_every_variant(tmp_path):
     assert any(b.tokens.package for b in pruned.spec.blocks)
     prune_report = json.loads((tmp_path / "out" / "evit" / "model" / "prune.json").read_text())
     assert prune_report["stages"][0]["method"] == "cls-attn"
-    assert summary["command"].startswith("vitdeploy") and summary["environment"]["cpu"]
+    assert summary["command"] == "vitdeploy run r.json --out out" and summary["environment"]["cpu"]
 
 
 def test_a_recipe_that_fails_late_leaves_the_previous_output_intact(tmp_path):

@@ -12,8 +12,6 @@ output directory is replaced only when every variant succeeded.
 from __future__ import annotations
 
 import re
-import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,13 +137,15 @@ def _prepare(recipe: Recipe, where: str) -> _Prepared:
     return _Prepared(recipe, export, stages)
 
 
-def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bool = False, pipeline=None) -> dict:
-    """Run every stage of ``recipe`` into a fresh directory, then move it to ``out`` (replacing it)."""
+def run_recipe(recipe: Recipe, out: Path, limit: int | None = None, progress: bool = False, pipeline=None,
+               command: str | None = None) -> dict:
+    """Run every stage of ``recipe`` into a fresh directory, then move it to ``out`` (replacing it).
+    ``command`` (the command line that asked for it) is recorded in the summary."""
     from vitdeploy.io import atomic_dir
 
     prepared = _prepare(recipe, f"recipe {recipe.name}")
     with atomic_dir(out, _owned_names(recipe, out)) as work:
-        summary = _run(prepared, work, limit, progress, pipeline)
+        summary = _run(prepared, work, limit, progress, pipeline, command)
     return summary
 
 
@@ -155,7 +155,7 @@ def _owned_names(recipe: Recipe, out: Path) -> set[str]:
     return {"summary.json", "summary.md", "baseline", *(v.name for v in recipe.variants), *bench_files}
 
 
-def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool, pipeline) -> dict:
+def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool, pipeline, command: str | None) -> dict:
     from vitdeploy import runtime
     from vitdeploy.hardware import environment
     from vitdeploy.io import write_bytes_atomic, write_json_atomic
@@ -175,7 +175,7 @@ def _run(prepared: _Prepared, out: Path, limit: int | None, progress: bool, pipe
                              progress)
             for v in tqdm(variants, desc="export", disable=not progress)]
     summary = {"recipe": recipe.name, "model": recipe.model, "data": recipe.data, "split": recipe.split,
-               "command": shlex.join(["vitdeploy", *sys.argv[1:]]), "environment": environment(),
+               "command": command, "environment": environment(),
                "variants": rows}
     if recipe.bench is not None:  # timed by the main process alone in a torchrun job
         summary["bench"] = runtime.current().from_main(lambda: _bench(recipe.bench, models, rows, out, progress))

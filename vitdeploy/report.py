@@ -36,8 +36,7 @@ def inspect_report(model: ViT) -> dict:
 def inspect_table(report: dict) -> str:
     spec = report["spec"]
     header = (f"{report['name']}: {spec['img_size']}px, patch {spec['patch_size']}, embed {spec['embed_dim']}, "
-              f"{len(report['blocks'])} blocks, {spec['num_classes']} classes"
-              f"{', distilled' if spec['distilled'] else ''}{', sparsity ' + spec['sparsity'] if spec['sparsity'] else ''}\n"
+              f"{len(report['blocks'])} blocks, {spec['num_classes']} classes{_traits(spec)}\n"
               f"params {millions(report['params'])}, MACs {millions(report['macs'])} "
               f"(patch embed {millions(report['patch_embed_macs'])}, head {millions(report['head_macs'])})")
     rows = [
@@ -48,6 +47,18 @@ def inspect_table(report: dict) -> str:
     ]
     table = format_table(["block", "heads", "qk/head", "v/head", "mlp", "tokens in", "keep after", "MACs"], rows)
     return header + "\n\n" + table
+
+
+def _traits(spec: dict) -> str:
+    """What sets the spec apart from a plain DeiT: distillation, activation, sparsity."""
+    traits = []
+    if spec["distilled"]:
+        traits.append("distilled" if spec.get("dist_head", True) else "distillation token without its head")
+    if spec.get("activation", "gelu") != "gelu":
+        traits.append(spec["activation"])
+    if spec["sparsity"]:
+        traits.append(f"sparsity {spec['sparsity']}")
+    return "".join(f", {trait}" for trait in traits)
 
 
 def export_summary(report: dict, json_path: Path) -> str:

@@ -9,6 +9,7 @@ that involve several fields stay in each dataclass's ``validate()``, which ``par
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
@@ -18,6 +19,7 @@ from vitdeploy.errors import VitDeployError
 T = TypeVar("T")
 
 STRICT_JSON = pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+FOREIGN_JSON = pydantic.ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 MAX_JSON_BYTES = 64 * 1024 * 1024
 """Larger files are refused before parsing (a spec or recipe is a few KB, a latency table < 1 MB)."""
 
@@ -25,6 +27,12 @@ MAX_JSON_BYTES = 64 * 1024 * 1024
 def schema(cls: type[T]) -> type[T]:
     """Mark a dataclass as read from JSON: strict types, no unknown keys, finite numbers."""
     return pydantic.with_config(STRICT_JSON)(cls)
+
+
+def foreign_schema(cls: type[T]) -> type[T]:
+    """Mark a dataclass as read from another tool's JSON (e.g. a Hugging Face config.json): the
+    fields it declares are strict and finite; keys it does not declare are ignored."""
+    return pydantic.with_config(FOREIGN_JSON)(cls)
 
 
 def parse(cls: type[T], source: str | bytes | Any, where: str) -> T:
@@ -40,7 +48,26 @@ def parse(cls: type[T], source: str | bytes | Any, where: str) -> T:
     except pydantic.ValidationError as exc:
         raise VitDeployError(f"{where}: {describe(exc)}") from None
     validate = getattr(value, "validate", None)
-    return validate() if callable(validate) else value
+    if not callable(validate):
+        return value
+    try:
+        return validate()
+    except VitDeployError as exc:
+        message = str(exc)
+        raise VitDeployError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+def read_json_bytes(path: Path) -> bytes:
+    """A JSON file's bytes, refused in one line when it cannot be read or is larger than
+    ``MAX_JSON_BYTES`` (read no further than that: /dev/zero is not read to the end)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise VitDeployError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise VitDeployError(f"{path}: more than {MAX_JSON_BYTES // 2**20} MiB, too large for a vitdeploy JSON file")
+    return data
 
 
 def describe(exc: pydantic.ValidationError) -> str:

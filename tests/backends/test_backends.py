@@ -297,3 +297,11 @@ def test_bench_picks_two_four_kernels_from_the_spec_on_cuda(tmp_path):
     result = bench_sources(sources, "torch", config, TimingPlan(warmup=1, iters=2, rounds=1)).to_dict()
     assert result["config"]["sparse_weights"] == {"dense": False, "sparse": True}
     assert {r["name"]: r["metadata"]["sparse_weights"] for r in result["rows"]} == {"dense": False, "sparse": True}
+
+
+def test_the_torch_engine_leaves_the_callers_thread_count_alone(tiny):
+    previous = torch.get_num_threads()
+    other = 1 if previous != 1 else 2
+    engine = get_backend("torch").build(ModelSource("tiny", ".", model=tiny), BuildConfig(threads=other))
+    engine.infer(np.zeros((1, 3, 32, 32), np.float32))
+    assert torch.get_num_threads() == previous and engine.metadata()["threads"] == other

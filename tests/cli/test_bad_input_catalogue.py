@@ -25,12 +25,13 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tests.cli.conftest import deit_shaped_state, timm_config, training_checkpoint
 from tests.conftest import tiny_model
 from vitdeploy.cli import main
 from vitdeploy.io import write_json_atomic
+from vitdeploy.models.huggingface import save_hf_directory
 
 Setup = Callable[[Path, "Assets"], None]  # noqa: F821 - the conftest's Assets
 
@@ -127,6 +128,30 @@ def deit_with_config(**model_args) -> Setup:
         assets.put("deit.safetensors", w, "m.safetensors")
         (w / "config.json").write_text(json.dumps(timm_config(**model_args)))
     return build
+
+
+def hf_dir(name: str = "hf", then: Callable[[Path], object] = lambda d: None, **config) -> Setup:
+    """The tiny model as a Hugging Face directory, its config.json fields changed by ``config``
+    (None removes one) and the directory then changed by ``then``."""
+    def build(w: Path, assets) -> None:
+        save_hf_directory(tiny_model(), w / name)
+        data = json.loads((w / name / "config.json").read_text())
+        data.update(config)
+        (w / name / "config.json").write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+        then(w / name)
+    return build
+
+
+def without_classifier(directory: Path) -> None:
+    weights = directory / "model.safetensors"
+    save_file({k: v for k, v in load_file(str(weights)).items() if not k.startswith("classifier.")}, str(weights))
+
+
+def shard_index(shard: str) -> Callable[[Path], object]:
+    def edit(directory: Path) -> None:
+        (directory / "model.safetensors").unlink()
+        (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": shard}}))
+    return edit
 
 
 def tiny_onnx(name: str = "g.onnx") -> Setup:
@@ -295,9 +320,9 @@ CASES = [
     Case("pth-list-of-tensors", "checkpoint", "inspect m.pth", (torch_file("m.pth", lambda: [torch.zeros(2)]),)),
     Case("pth-tar-timm-global-pool-avg", "checkpoint", "export model_best.pth.tar --out x.onnx",
          (torch_file("model_best.pth.tar", lambda: timm_training_checkpoint(gp="avg")),)),
-    Case("pth-tar-timm-kwargs-gelu-tanh", "checkpoint", "export checkpoint-3.pth.tar --out x.onnx",
+    Case("pth-tar-timm-kwargs-quick-gelu", "checkpoint", "export checkpoint-3.pth.tar --out x.onnx",
          (torch_file("checkpoint-3.pth.tar",
-                     lambda: timm_training_checkpoint(model_kwargs={"act_layer": "gelu_tanh"})),)),
+                     lambda: timm_training_checkpoint(model_kwargs={"act_layer": "quick_gelu"})),)),
     Case("pth-deit-training-args-mean-nan", "checkpoint", "inspect m.pth",
          (torch_file("m.pth", lambda: training_checkpoint(mean=(NAN, 0.5, 0.5), std=(0.5, 0.5, 0.5))),)),
     Case("safetensors-garbage", "checkpoint", "inspect m.safetensors", (file("m.safetensors", b"\x08garbage"),)),
@@ -313,8 +338,8 @@ CASES = [
     Case("config-global-pool-avg", "config.json", "export m.safetensors --out x.onnx",
          (deit_with_config(global_pool="avg", fc_norm=False),)),
     Case("config-fc-norm", "config.json", "export m.safetensors --out x.onnx", (deit_with_config(fc_norm=True),)),
-    Case("config-act-gelu-tanh", "config.json", "export m.safetensors --out x.onnx",
-         (deit_with_config(act_layer="gelu_tanh"),)),
+    Case("config-act-quick-gelu", "config.json", "export m.safetensors --out x.onnx",
+         (deit_with_config(act_layer="quick_gelu"),)),
     Case("config-heads-do-not-divide-width", "config.json", "inspect m.safetensors",
          (deit_with_config(num_heads=5),)),
     Case("config-contradicts-depth", "config.json", "inspect m.safetensors", (deit_with_config(depth=12),)),
@@ -333,6 +358,39 @@ CASES = [
     Case("model-arg-std-zero", "checkpoint", "inspect m.safetensors --model-arg std=[0,0.5,0.5]", (deit(),)),
     Case("model-arg-on-a-directory", "checkpoint", "inspect m --model-arg num_heads=2", (model(),)),
     Case("arch-unknown", "checkpoint", "inspect m.safetensors --arch nope", (deit(),)),
+
+    # Hugging Face directories
+    Case("hf-model-type-swin", "hf config.json", "inspect hf", (hf_dir(model_type="swin"),)),
+    Case("hf-masked-image-modeling", "hf config.json", "export hf --out x.onnx",
+         (hf_dir(architectures=["ViTForMaskedImageModeling"]),)),
+    Case("hf-quick-gelu", "hf config.json", "export hf --out x.onnx", (hf_dir(hidden_act="quick_gelu"),)),
+    Case("hf-image-not-square", "hf config.json", "inspect hf", (hf_dir(image_size=[32, 48]),)),
+    Case("hf-heads-do-not-divide", "hf config.json", "inspect hf", (hf_dir(num_attention_heads=5),)),
+    Case("hf-hidden-size-text", "hf config.json", "inspect hf", (hf_dir(hidden_size="32"),)),
+    Case("hf-eps-nan", "hf config.json", "inspect hf", (hf_dir(), file("hf/config.json", '{"model_type": "vit", '
+                                                                     '"layer_norm_eps": NaN}'))),
+    Case("hf-id2label-not-indices", "hf config.json", "inspect hf", (hf_dir(id2label={"a": "x"}),)),
+    Case("hf-config-contradicts-weights", "hf config.json", "inspect hf", (hf_dir(num_hidden_layers=6),)),
+    Case("hf-base-model-without-classifier", "hf config.json", "export hf --out x.onnx",
+         (hf_dir(architectures=None, then=without_classifier),)),
+    Case("hf-no-weights", "hf config.json", "inspect hf",
+         (hf_dir(then=lambda d: (d / "model.safetensors").unlink()),)),
+    Case("hf-shard-outside-the-directory", "hf config.json", "inspect hf",
+         (hf_dir(then=shard_index("../x.safetensors")),)),
+    Case("hf-processor-std-zero", "hf config.json", "inspect hf",
+         (hf_dir(), file("hf/preprocessor_config.json", {"image_mean": [0.5] * 3, "image_std": [0, 1, 1]}))),
+    Case("hf-arch-option", "hf config.json", "inspect hf --arch deit_tiny_patch16_224", (hf_dir(),)),
+    Case("hf-model-arg-num-heads", "hf config.json", "inspect hf --model-arg num_heads=4", (hf_dir(),)),
+    Case("hf-strict-without-normalisation", "hf config.json", "export hf --out x.onnx --strict",
+         (hf_dir(then=lambda d: (d / "preprocessor_config.json").unlink()),)),
+    Case("bench-strict-bare-checkpoint", "checkpoint", "bench m.safetensors --strict", (deit(),)),
+    Case("serve-strict-bare-checkpoint", "checkpoint", "serve m.safetensors --strict", (deit(),)),
+    Case("triton-repo-strict-bare-checkpoint", "checkpoint", "triton-repo m.safetensors --out r --strict",
+         (deit(),)),
+    Case("to-hf-token-plan", "hf config.json", "export m --keep 2:0.5 --to-hf --out hf", (model(),)),
+    Case("to-hf-onnx-name", "hf config.json", "export m --to-hf --out x.onnx", (model(),)),
+    Case("to-hf-over-foreign-directory", "hf config.json", "export m --to-hf --out d",
+         (model(), file("d/notes.txt", "mine"))),
 
     # model directories and their spec.json
     Case("spec-invalid-json", "spec.json", "inspect m", (model(), file("m/spec.json", "{"))),
@@ -390,6 +448,43 @@ CASES = [
          (tiny_table(lambda data: data["metadata"]["build_config"].update(turbo=True)),)),
     Case("lut-refresh-table-with-a-timing-plan-of-the-wrong-type", "latency table", "lut refresh tt.json",
          (tiny_table(lambda data: data["metadata"].update(timing_plan={"warmup": "three"})),)),
+    Case("lut-refresh-grid-without-stem", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"].update(grid={})),)),
+    Case("lut-refresh-grid-with-an-unknown-key", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"]["grid"].update(bogus=1)),)),
+    Case("lut-refresh-grid-with-a-trillion-tokens", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"]["grid"].update(tokens=[16, 50, 10**12])),)),
+    Case("lut-refresh-grid-stem-negative", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"]["grid"]["stem"].update(img_size=-1)),)),
+    Case("lut-refresh-huge-batch", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"].update(batch=10**12)),)),
+    Case("lut-refresh-huge-iters", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"]["timing_plan"].update(iters=10**12)),)),
+    Case("lut-refresh-huge-build-threads", "latency table", "lut refresh tt.json",
+         (tiny_table(lambda data: data["metadata"]["build_config"].update(threads=10**9)),)),
+    Case("lut-predict-latencies-near-float-max", "latency table", "lut predict t.json m",
+         (model(), table(lambda data: data["mlp"].update(ms=[1e308] * len(data["mlp"]["ms"])))),),
+    Case("lut-predict-huge-calibration-offset", "latency table", "lut predict t.json m",
+         (model(), table(lambda data: data.update(calibration={"scale": 1.0, "offset_ms": -1e12, "models": 0})))),
+    Case("lut-show-stem-huge", "latency table", "lut show t.json",
+         (table(lambda data: data["stem"].update(img_size=10**15)),)),
+    Case("lut-show-endless-file", "latency table", "lut show /dev/zero"),
+    Case("lut-build-calibrate-huge", "option", "lut build --for m --calibrate 99999999999 --out tables", (model(),)),
+    Case("lut-build-round-to-huge", "option", "lut build --for m --round-to 99999999999 --out tables", (model(),)),
+    Case("lut-build-empty-grid", "option", "lut build --grid= --out tables"),
+    Case("lut-build-empty-for", "option", "lut build --for= --out tables"),
+    Case("lut-predict-empty-keep", "option", "lut predict t.json m --keep=", (model(), table())),
+    Case("triton-repo-empty-out", "option", "triton-repo m --out=", (model(),)),
+    Case("bench-empty-out", "option", "bench m --out=", (model(),)),
+    Case("loadtest-unclosed-ipv6-bracket", "option", "loadtest grpc://[::1 --model m"),
+    Case("loadtest-ipv4-in-brackets", "option", "loadtest grpc://[127.0.0.1]:8001 --model m"),
+    Case("loadtest-metrics-url-unclosed-bracket", "option",
+         "loadtest localhost:8001 --model m --metrics-url http://[::1"),
+    Case("loadtest-concurrency-huge", "option", "loadtest localhost:1 --model m --concurrency 99999999999"),
+    Case("loadtest-concurrency-empty-item", "option", "loadtest localhost:1 --model m --concurrency 1,,2"),
+    Case("loadtest-out-unwritable", "output", "loadtest localhost:1 --model m --out /proc/foo/x"),
+    Case("triton-repo-tensorrt-without-tensorrt", "option", "triton-repo m --out repo --target tensorrt --device cuda",
+         (model(),)),
     Case("lut-build-unknown-grid", "latency table", "lut build --grid huge --out tables"),
     Case("lut-build-unknown-backend", "latency table", "lut build --backend nope --out tables"),
 

@@ -172,7 +172,9 @@ def test_tables_without_a_calibration_load_and_predict_the_plain_sum():
 
 
 @pytest.mark.parametrize("calibration, message", [
-    ({"scale": -1.0, "offset_ms": 0.0, "models": 3}, "calibration.scale must be > 0"),
+    ({"scale": -1.0, "offset_ms": 0.0, "models": 3}, r"calibration.scale must be in \(0, 1000\]"),
+    ({"scale": 1e300, "offset_ms": 0.0, "models": 3}, r"calibration.scale must be in \(0, 1000\]"),
+    ({"scale": 1.0, "offset_ms": -1e7, "models": 3}, "offset_ms. at most"),
     ({"scale": 1.0, "offset_ms": float("inf"), "models": 3}, "calibration.offset_ms: Input should be a finite"),
     ({"scale": 1.0, "models": 3}, "calibration.offset_ms: Field required"),
 ])
@@ -184,6 +186,18 @@ def test_invalid_calibrations_are_refused(tmp_path, calibration, message):
     path.write_text(json.dumps(data))
     with pytest.raises(VitDeployError, match=message):
         load_table(path)
+
+
+def test_show_says_n_a_for_error_figures_a_calibration_does_not_hold(tmp_path, capsys):
+    from vitdeploy.cli import main
+
+    path = tmp_path / "table.json"
+    save_table(synthetic_table(), path)
+    data = json.loads(path.read_text())
+    data["calibration"] = {"scale": 1.0, "offset_ms": 0.0, "models": 2}
+    path.write_text(json.dumps(data))
+    assert main(["lut", "show", str(path)]) == 0
+    assert "over 2 whole models (MAPE n/a → n/a)" in capsys.readouterr().out
 
 
 def test_rescaled_multiplies_calibrated_predictions():

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +157,62 @@ def test_serve_refuses_a_port_in_use_before_building_anything(capsys):
         port = taken.getsockname()[1]
         code, _, err = run_cli(["serve", "fmnist_vit", "--grpc-port", str(port)], capsys)
     assert code == 2 and f"--grpc-port {port}: cannot listen on 127.0.0.1:{port}" in err
+
+
+def start_server(tiny_onnx, tmp_path, short_tmp_dir) -> tuple[subprocess.Popen, list[int], Path]:
+    ports = [free_port() for _ in range(3)]
+    command = [sys.executable, "-m", "vitdeploy.cli", "serve", str(tiny_onnx), "--name", "vit", "--threads", "1",
+               "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
+               "--log-file", str(tmp_path / "triton.log")]
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as stderr_file:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr_file, text=True,
+                                   env={**os.environ, "TMPDIR": str(short_tmp_dir)}, start_new_session=True)
+    return process, ports, stderr
+
+
+def http_status(port: int, path: str) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def stop_and_reap(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_the_server_says_ready_only_once_its_model_is_loaded(tiny_onnx, tmp_path, short_tmp_dir):
+    process, ports, stderr = start_server(tiny_onnx, tmp_path, short_tmp_dir)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while http_status(ports[0], "/v2/health/ready") != 200:
+            assert time.monotonic() < deadline and process.poll() is None, stderr.read_text()
+            time.sleep(0.02)
+        assert http_status(ports[0], "/v2/models/vit/ready") == 200
+    finally:
+        stop_and_reap(process)
+
+
+def test_a_signal_while_the_models_load_stops_at_once_in_one_line(tiny_onnx, tmp_path, short_tmp_dir):
+    process, _, stderr = start_server(tiny_onnx, tmp_path, short_tmp_dir)
+    log = tmp_path / "triton.log"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (log.is_file() and "loading: vit" in log.read_text()):
+            assert time.monotonic() < deadline and process.poll() is None, stderr.read_text()
+            time.sleep(0.01)
+        children = descendants(process.pid)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(STOP_TIMEOUT_S) == 128 + signal.SIGTERM
+        assert stderr.read_text() == "vitdeploy: interrupted\n"
+    finally:
+        stop_and_reap(process)
+    time.sleep(0.5)
+    assert not [pid for pid in children if alive(pid)], "stray processes left running"
+    assert not list(Path("/dev/shm").glob(f"pytrtion{process.pid}-*")), "shared memory left behind"

@@ -108,10 +108,12 @@ def test_endpoints_must_be_loopback_grpc_or_http(url, message):
         parse_endpoint(url)
 
 
-def test_endpoint_defaults():
+def test_endpoint_defaults_follow_tritons_port_layout():
     endpoint = parse_endpoint("localhost:9001")
     assert (endpoint.protocol, endpoint.address, endpoint.metrics_url) == (
-        "grpc", "localhost:9001", "http://localhost:8002/metrics")
+        "grpc", "localhost:9001", "http://localhost:9002/metrics")
+    assert parse_endpoint("http://127.0.0.1:9000").metrics_url == "http://127.0.0.1:9002/metrics"
+    assert parse_endpoint("127.0.0.1:8001").metrics_url == "http://127.0.0.1:8002/metrics"
     with pytest.raises(VitDeployError, match="loopback"):
         parse_endpoint("grpc://127.0.0.1:9001", "http://192.168.1.1:8002/metrics")
 

@@ -26,6 +26,9 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DEVICES = ("cpu", "cuda")
 SPARSITY_UNKNOWN = "unknown"
 """What ``ModelSource.sparsity()`` says of a bare .onnx: no spec records whether its weights are 2:4."""
+MAX_THREADS = 1024
+MAX_BATCH = 65536
+"""Images per batch; above this one batch of even a small model does not fit in memory."""
 PRUNE_24_HINT = "vitdeploy prune sparse24 MODEL --out DIR"
 """The command that leaves a model's block weights 2:4 sparse (named in the backends' error hints)."""
 
@@ -55,10 +58,10 @@ class BuildConfig:
             raise VitDeployError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
             raise VitDeployError(f"unknown device {self.device!r}: choose cpu or cuda")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise VitDeployError("batch sizes must be whole numbers ≥ 1")
-        if self.threads is not None and self.threads < 1:
-            raise VitDeployError("--threads must be at least 1")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or max(self.batch_sizes) > MAX_BATCH:
+            raise VitDeployError(f"batch sizes must be whole numbers in 1..{MAX_BATCH}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise VitDeployError(f"threads must be in 1..{MAX_THREADS}")
         return self
 
     def to_dict(self) -> dict:

@@ -4,8 +4,8 @@ Options (all from ``BuildConfig``):
 
 - ``precision``: fp32, fp16 or bf16, applied with ``model.to(dtype)``; inputs are cast once in
   ``stage``.
-- ``threads``: ``torch.set_num_threads`` on CPU. The setting is process-wide, so each engine
-  re-applies its own count before it runs.
+- ``threads``: torch's CPU thread count for the span of each call (``vitdeploy.threads``); the
+  setting is process-wide, so the caller's count is restored after every call.
 - ``compile``: ``torch.compile(model, mode="max-autotune")``. That mode already captures CUDA graphs
   on GPU, so it does not combine with ``cuda_graphs``.
 - ``cuda_graphs`` (CUDA only): one graph per batch size, captured in ``stage`` after warm-up runs
@@ -21,6 +21,7 @@ runs under ``torch.inference_mode()``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from vitdeploy.backends.base import PRUNE_24_HINT, BuildConfig, ModelSource
 from vitdeploy.hardware import device_name
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.sparse24 import require_24_weight
+from vitdeploy.threads import torch_threads
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODE = "max-autotune"
@@ -76,8 +78,7 @@ class TorchEngine:
             return captured.static_input
 
     def run(self, staged: torch.Tensor) -> None:
-        apply_threads(self.config)
-        with torch.inference_mode():
+        with self._threads(), torch.inference_mode():
             if self.config.cuda_graphs:
                 self._replay(staged)
             else:
@@ -96,11 +97,16 @@ class TorchEngine:
             "device": self.device,
             "device_name": self.device_name,
             "precision": self.config.precision,
-            "threads": torch.get_num_threads(),
+            "threads": self.config.threads if self.device == "cpu" else None,
             "compile": self.config.compile,
             "cuda_graphs": self.config.cuda_graphs,
             "sparse_weights": self.config.sparse_weights,
         }
+
+    def _threads(self) -> contextlib.AbstractContextManager:
+        if self.device == "cpu" and self.config.threads is not None:
+            return torch_threads(self.config.threads)
+        return contextlib.nullcontext()
 
     def _replay(self, staged: torch.Tensor) -> None:
         captured = self._graph_for(staged)
@@ -133,7 +139,6 @@ class TorchBackend:
         if not self.available(config.device):
             raise VitDeployError(f"--device cuda: {self.unavailable_reason(config.device)}")
         model = prepare_model(source.torch_model(), config)
-        apply_threads(config)
         return TorchEngine(model, config, device_name(config.device))
 
 
@@ -193,12 +198,6 @@ def capture_graph(model: nn.Module, example: torch.Tensor) -> CapturedGraph:
         with torch.cuda.graph(graph):
             static_output = model(static_input)
     return CapturedGraph(graph, static_input, static_output)
-
-
-def apply_threads(config: BuildConfig) -> None:
-    """Set torch's (process-wide) CPU thread count to the config's, if it names one."""
-    if config.device == "cpu" and config.threads is not None and torch.get_num_threads() != config.threads:
-        torch.set_num_threads(config.threads)
 
 
 BACKEND = TorchBackend

@@ -20,6 +20,9 @@ from vitdeploy.errors import VitDeployError
 from vitdeploy.schema import schema
 
 
+MAX_RUNS, MAX_ROUNDS, MAX_SECONDS = 1_000_000, 10_000, 3600
+
+
 @schema
 @dataclass
 class TimingPlan:
@@ -32,8 +35,10 @@ class TimingPlan:
     ``min_seconds`` does not apply to interleaved runs."""
 
     def validate(self) -> "TimingPlan":
-        if self.warmup < 0 or self.iters < 1 or self.rounds < 1 or self.min_seconds < 0:
-            raise VitDeployError("timing needs warmup ≥ 0, iters ≥ 1, rounds ≥ 1 and min_seconds ≥ 0")
+        if not (0 <= self.warmup <= MAX_RUNS and 1 <= self.iters <= MAX_RUNS and 1 <= self.rounds <= MAX_ROUNDS
+                and 0 <= self.min_seconds <= MAX_SECONDS):
+            raise VitDeployError(f"timing needs warmup in 0..{MAX_RUNS}, iters in 1..{MAX_RUNS}, rounds in "
+                                 f"1..{MAX_ROUNDS} and min_seconds in 0..{MAX_SECONDS}")
         return self
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
+from vitdeploy.backends.base import MAX_BATCH
 from vitdeploy.bench.harness import Measurement, TimingPlan, random_batch, time_interleaved
 from vitdeploy.bench.report import BenchResult
 from vitdeploy.errors import VitDeployError
@@ -20,15 +21,13 @@ SPARSE_BACKENDS = ("torch", "tensorrt")
 """Backends with 2:4 sparse kernels (ONNX Runtime has none)."""
 
 
-def parse_batches(text: str, flag: str = "--batch", what: str = "batch sizes") -> tuple[int, ...]:
-    """'1,8,32' → (1, 8, 32); ``flag`` and ``what`` name the option and its values in the error."""
-    try:
-        batches = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        batches = ()
-    if not batches or min(batches) < 1:
-        raise VitDeployError(f"{flag} {text!r}: give comma-separated {what} ≥ 1, e.g. 1,8,32")
-    return batches
+def parse_batches(text: str, flag: str = "--batch", what: str = "batch sizes",
+                  most: int = MAX_BATCH) -> tuple[int, ...]:
+    """'1,8,32' → (1, 8, 32), each in 1..``most``; ``flag`` and ``what`` name the option and its values."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isascii() and part.isdigit() and 1 <= int(part) <= most for part in parts):
+        raise VitDeployError(f"{flag} {text!r}: give comma-separated {what} in 1..{most}, e.g. 1,8,32")
+    return tuple(int(part) for part in parts)
 
 
 def sparse_weights_for(source: ModelSource, sparsity: str, backend_name: str, config: BuildConfig) -> bool:
@@ -53,9 +52,10 @@ def sparse_weights_for(source: ModelSource, sparsity: str, backend_name: str, co
 
 
 def bench_models(refs: list[str], backend_name: str, config: BuildConfig, plan: TimingPlan, work_dir: Path,
-                 progress: bool = False, sparsity: str = "auto") -> BenchResult:
-    """Measure every model reference at every batch size in ``config``; ratios are to the first."""
-    return bench_sources(_sources(refs, work_dir), backend_name, config, plan, progress, sparsity)
+                 progress: bool = False, sparsity: str = "auto", loaded: dict | None = None) -> BenchResult:
+    """Measure every model reference at every batch size in ``config``; ratios are to the first.
+    ``loaded`` maps references to models already loaded (with the user's checkpoint options)."""
+    return bench_sources(_sources(refs, work_dir, loaded or {}), backend_name, config, plan, progress, sparsity)
 
 
 def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: BuildConfig, plan: TimingPlan,
@@ -89,12 +89,12 @@ def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: Bu
     return BenchResult.from_measurements(title, measurements, bench_config, macs=_macs(sources))
 
 
-def _sources(refs: list[str], work_dir: Path) -> dict[str, ModelSource]:
+def _sources(refs: list[str], work_dir: Path, loaded: dict) -> dict[str, ModelSource]:
     if not refs:
         raise VitDeployError("give at least one model to benchmark")
     sources: dict[str, ModelSource] = {}
     for ref in refs:
-        source = ModelSource(ref, work_dir)
+        source = ModelSource(ref, work_dir, model=loaded.get(ref))
         name, n = source.name, 2
         while name in sources:
             name, n = f"{source.name}#{n}", n + 1

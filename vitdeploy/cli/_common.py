@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 from vitdeploy.errors import VitDeployError
 
-MODEL_HELP = ("a vitdeploy model directory (spec.json + weights.safetensors), a timm/DeiT checkpoint "
-              "(.pth/.pth.tar/.safetensors, with a timm config.json beside it if there is one), or a registered "
+MODEL_HELP = ("a vitdeploy model directory (spec.json + weights.safetensors), a Hugging Face ViT/DeiT directory "
+              "(config.json + model.safetensors), a timm/DeiT checkpoint (.pth/.pth.tar/.safetensors, with a timm "
+              "config.json beside it if there is one, or a timm hub directory), or a registered "
               "name such as fmnist_vit or deit_small_patch16_224 (names without shipped weights get a seeded "
               "random init, fine for export and speed tests)")
 KEEP_HELP = ("static token plan (replaces any plan stored with MODEL): comma-separated BLOCK:KEEP pairs, blocks "
@@ -40,7 +42,14 @@ def checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                         "activation, normalisation) instead of noting it")
 
 
+def command_line() -> str:
+    """This process's command line, as a user would type it, for reports."""
+    return shlex.join(["vitdeploy", *sys.argv[1:]])
+
+
 def ascii_text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a value")
     if not text.isascii():
         raise argparse.ArgumentTypeError(f"{text!r} holds non-ASCII characters")
     return text
@@ -61,7 +70,7 @@ def load_model_from(args, ref: str):
     """The model ``ref`` with the checkpoint options of ``args``; what was assumed becomes a note."""
     from vitdeploy.models.zoo import load_model
 
-    model = load_model(ref, args.arch, dict(args.model_args or ()))
+    model = load_model(ref, getattr(args, "arch", None), dict(getattr(args, "model_args", None) or ()))
     assumed = getattr(model, "assumptions", [])
     if assumed and getattr(args, "strict", False):
         more = f" (and {len(assumed) - 1} more)" if len(assumed) > 1 else ""
@@ -99,6 +108,17 @@ def check_onnx_files(refs: list[str]) -> None:
         if graph is None or not (graph.node and graph.input and graph.output):
             raise VitDeployError(f"{ref}: not a readable ONNX model (empty, truncated or another kind of file); "
                                  "re-export it")
+
+
+def load_model_refs(args, refs: list[str]) -> dict:
+    """Before any work: .onnx files checked readable, every other MODEL loaded with the checkpoint
+    options (--strict refusing what would be assumed), and a note for what is, said now (a server
+    runs until it is stopped). Returns reference → model."""
+    check_onnx_files(refs)
+    loaded = {ref: load_model_from(args, ref) for ref in refs if not ref.endswith(".onnx")}
+    print_notes(args)
+    args.notes = []
+    return loaded
 
 
 def print_notes(args) -> None:

@@ -9,11 +9,17 @@ import typing
 from typing import Any
 
 
+from vitdeploy.backends.base import MAX_BATCH, MAX_THREADS
+
 MAX_DIGITS = 18
 """Longer whole numbers are refused before conversion (no option needs one above 10¹⁸)."""
-MAX_THREADS = 1024
-MAX_BATCH = 65536
-"""Images per batch; above this one batch of even a small model does not fit in memory."""
+
+
+def non_empty(text: str) -> str:
+    """A text option that must say something: an empty path or name is refused, not read as "not given"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a value")
+    return text
 
 
 def finite_float(text: str) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from vitdeploy.models.spec import SELECTION_METHODS
-from vitdeploy.cli._options import positive_int
+from vitdeploy.cli._options import non_empty, positive_int
 from vitdeploy.cli._common import check_onnx_files, load_model_arg, model_arguments, print_json_or
 from vitdeploy.cli._runtime import add_runtime_options
 
@@ -15,7 +15,7 @@ def register(sub) -> None:
                        description="Evaluate top-1 on a dataset in PyTorch and, unless --no-onnx, through an ONNX "
                                    "export run on ONNX Runtime, and report how often the two agree.")
     model_arguments(p)
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an ImageFolder directory")
+    p.add_argument("--data", type=non_empty, default="fashion-mnist", help="fashion-mnist or an ImageFolder directory")
     p.add_argument("--split", default="test", help="default: %(default)s")
     p.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     p.add_argument("--resize", action="store_true", help="resize images to the model's input size")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 
 from vitdeploy.cli._common import (
-    MODEL_HELP, checkpoint_arguments, load_model_arg, load_model_from, model_arguments, print_json_or,
+    MODEL_HELP, checkpoint_arguments, command_line, load_model_arg, load_model_from, model_arguments, print_json_or,
 )
-from vitdeploy.cli._options import batch_size, positive_int, threads_count, whole_number_in
+from vitdeploy.cli._options import batch_size, non_empty, threads_count, whole_number_in
 from vitdeploy.errors import VitDeployError
 
 DEFAULT_GRID = "cpu-small"
 DEFAULT_CALIBRATION_MODELS = 8
+MAX_CALIBRATION_MODELS = 256
+"""Each one is a whole model exported and timed: 256 take hours already."""
+MAX_ROUND_TO = 1024
 BUILD_EXAMPLES = """\
 examples:
   # fmnist_vit and every model NViT pruning (--round-to 8) reaches from it, calibrated on fmnist_vit and
@@ -46,17 +48,17 @@ def register(sub) -> None:
     build.add_argument("--precision", default="fp32", help="default: %(default)s")
     build.add_argument("--device", default="cpu", help="default: %(default)s")
     source = build.add_mutually_exclusive_group()
-    source.add_argument("--grid", help=f"a fixed grid: cpu-small or quick (default: {DEFAULT_GRID})")
-    source.add_argument("--for", dest="for_model", metavar="MODEL",
+    source.add_argument("--grid", type=non_empty, help=f"a fixed grid: cpu-small or quick (default: {DEFAULT_GRID})")
+    source.add_argument("--for", type=non_empty, dest="for_model", metavar="MODEL",
                         help="derive the grid from MODEL and calibrate on it: " + MODEL_HELP)
     checkpoint_arguments(build)
-    build.add_argument("--round-to", type=positive_int, metavar="N",
+    build.add_argument("--round-to", type=whole_number_in(1, MAX_ROUND_TO), metavar="N",
                        help="with --for: the channel multiple pruning keeps, which sets the grid's smallest widths "
                             "(default: 8, NViT's)")
-    build.add_argument("--calibrate", type=whole_number_in(0), metavar="N",
+    build.add_argument("--calibrate", type=whole_number_in(0, MAX_CALIBRATION_MODELS), metavar="N",
                        help=f"with --for: fit the table to MODEL and N random pruned variants timed whole; 0: no "
                             f"calibration (default: {DEFAULT_CALIBRATION_MODELS})")
-    build.add_argument("--out", default="latency_tables",
+    build.add_argument("--out", type=non_empty, default="latency_tables",
                        help="directory; the file is named DEVICE-BACKEND-PRECISION.json, with --for "
                             "DEVICE-BACKEND-PRECISION-MODEL-bBATCH.json (default: %(default)s)")
     build.set_defaults(run=_run_lut_build)
@@ -83,7 +85,7 @@ def _run_lut_build(args) -> None:
     _check_build_options(args)
     config = BuildConfig(precision=args.precision, device=args.device, batch_sizes=(args.batch,),
                          threads=args.threads).validate()
-    command, progress = shlex.join(["vitdeploy", *sys.argv[1:]]), sys.stderr.isatty()
+    command, progress = command_line(), sys.stderr.isatty()
     spec = load_model_from(args, args.for_model).spec if args.for_model else None
     check_output_files(model_table_path(device_name(args.device), args.backend, args.precision, args.out,
                                         spec.name if spec else None, args.batch))  # before minutes of timing
@@ -111,12 +113,16 @@ def _check_build_options(args) -> None:
 
 
 def _calibration_text(calibration) -> str:
-    loo = "" if calibration.mape_loo_pct is None else f", leave-one-out {calibration.mape_loo_pct:.1f}%"
-    fit = (f" over {calibration.models} whole models (MAPE {calibration.mape_before_pct:.1f}% → "
-           f"{calibration.mape_after_pct:.1f}%{loo})" if calibration.models else " (set by hand)")
+    loo = "" if calibration.mape_loo_pct is None else f", leave-one-out {_percent(calibration.mape_loo_pct)}"
+    fit = (f" over {calibration.models} whole models (MAPE {_percent(calibration.mape_before_pct)} → "
+           f"{_percent(calibration.mape_after_pct)}{loo})" if calibration.models else " (set by hand)")
     sign = "+" if calibration.offset_ms >= 0 else "−"
     return (f"calibration: measured ≈ {calibration.scale:.4g}·predicted {sign} {abs(calibration.offset_ms):.4g} ms"
             f"{fit}")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
 
 
 def _run_lut_show(args) -> None:

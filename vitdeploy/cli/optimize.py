@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_from, print_json_or
-from vitdeploy.cli._options import add_config_options, config_values, threads_count
+from vitdeploy.cli._options import add_config_options, config_values, non_empty, threads_count
 from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 
 EXAMPLES = """\
@@ -63,7 +63,8 @@ def register(sub) -> None:
                     "DIR/optimize.json (every candidate, round and attempt; predicted vs measured latency; top-1).",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--out", required=True, help="output directory (replaced only when the run succeeds)")
+    p.add_argument("--out", type=non_empty, required=True,
+                   help="output directory (replaced only when the run succeeds)")
     checkpoint_arguments(p)
     p.add_argument("--threads", type=threads_count, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

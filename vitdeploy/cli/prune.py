@@ -4,12 +4,10 @@ built from the method's settings (see ``vitdeploy.prune.registry``)."""
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
-from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_from, print_json_or
-from vitdeploy.cli._options import add_config_options, config_values, positive_int, threads_count
+from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, command_line, load_model_from, print_json_or
+from vitdeploy.cli._options import add_config_options, config_values, non_empty, positive_int, threads_count
 from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 from vitdeploy.errors import VitDeployError
 from vitdeploy.prune.registry import PruneContext, PruneMethod, all_methods
@@ -38,12 +36,13 @@ def register(sub) -> None:
 def _add_method(sub, method: PruneMethod) -> None:
     p = sub.add_parser(method.name, help=method.help, description=method.description)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--out", type=non_empty, required=True, help="output model directory")
     if method.data is not None:
         p.add_argument(method.data.flag, dest="data", metavar="DATA",
                        help=method.data.help + ("" if method.data.required else " (optional)"))
     checkpoint_arguments(p)
-    p.add_argument("--eval", metavar="DATA", help="also report top-1 before and after on DATA's test split")
+    p.add_argument("--eval", type=non_empty, metavar="DATA",
+                   help="also report top-1 before and after on DATA's test split")
     p.add_argument("--eval-limit", type=positive_int, help="evaluate on the first N test images only")
     p.add_argument("--resize", action="store_true", help="resize images to the model's input size")
     p.add_argument("--threads", type=threads_count, default=2, help="torch CPU threads (default: %(default)s)")
@@ -56,25 +55,30 @@ def _add_method(sub, method: PruneMethod) -> None:
 
 
 def _run(method: PruneMethod, args) -> None:
-    import torch
-
-    from vitdeploy.data import dataset_for
     from vitdeploy.io import check_output_dir
-    from vitdeploy.models.checkpoint import ARTIFACT_FILES, save_artifact
+    from vitdeploy.models.checkpoint import ARTIFACT_FILES
+    from vitdeploy.threads import torch_threads
 
     config = method.make_config(_config_values(method, args))
     if method.data is not None and method.data.required and not args.data:
         raise VitDeployError(f"{method.name} needs {method.data.flag} DATA: {method.data.help}")
-    torch.set_num_threads(args.threads)
     _refuse_overwriting_input(args.model, args.out)
     check_output_dir(args.out, ARTIFACT_FILES)
+    with torch_threads(args.threads):
+        _prune(method, config, args)
+
+
+def _prune(method: PruneMethod, config, args) -> None:
+    from vitdeploy.data import dataset_for
+    from vitdeploy.models.checkpoint import save_artifact
+
     model = load_model_from(args, args.model)
     eval_data = dataset_for(model, args.eval, "test", args.eval_limit, args.resize) if args.eval else None
     context = PruneContext(data=getattr(args, "data", None), eval_data=eval_data, out=args.out, resize=args.resize,
                            progress=not args.quiet, pipeline=pipeline_from(args))
     pruned, report = method.prune(model, config, context)
     report.update(assumed=getattr(model, "assumptions", []), model=args.model, data=context.data, eval=args.eval,
-                  command=shlex.join(["vitdeploy", *sys.argv[1:]]))
+                  command=command_line())
     save_artifact(pruned, args.out, reports={"prune.json": report})
     print_json_or(args, report, method.summary(report, args.out))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vitdeploy.cli._common import print_json_or
+from vitdeploy.cli._options import non_empty
 
 
 def register(sub) -> None:
@@ -15,7 +16,7 @@ def register(sub) -> None:
                                    "folded and the rewrite rules (see --rules) applied. The op audit and an ONNX Runtime "
                                    "before/after parity check follow.")
     p.add_argument("input", metavar="IN.onnx")
-    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--out", type=non_empty, required=True, help="output .onnx path")
     p.add_argument("--target", choices=TARGETS, default="onnxruntime",
                    help="whose operator allowlist the audit enforces (default: %(default)s)")
     p.add_argument("--rules", metavar="NAME,...", type=lambda text: text.split(","),

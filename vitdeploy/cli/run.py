@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vitdeploy.cli._common import print_json_or
-from vitdeploy.cli._options import positive_int
+from vitdeploy.cli._common import command_line, print_json_or
+from vitdeploy.cli._options import non_empty, positive_int
 from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 
 
@@ -15,7 +15,7 @@ def register(sub) -> None:
                        description="Run a declarative pipeline recipe (JSON). Without RECIPE, runs the built-in "
                                    "default: the shipped Fashion-MNIST model with a static token plan.")
     p.add_argument("recipe", nargs="?", metavar="RECIPE", help="recipe JSON (default: export/default.json)")
-    p.add_argument("--out", default="out/default", help="output directory (default: %(default)s)")
+    p.add_argument("--out", type=non_empty, default="out/default", help="output directory (default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only")
     p.add_argument("--json", action="store_true", help="print the JSON summary")
     add_runtime_options(p)
@@ -27,5 +27,5 @@ def _run_recipe(args) -> None:
 
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # quiet: a torchrun job's other processes
     summary = run_recipe(load_recipe(args.recipe), Path(args.out), limit=args.limit, progress=progress,
-                         pipeline=pipeline_from(args))
+                         pipeline=pipeline_from(args), command=command_line())
     print_json_or(args, summary, summary_table(summary))

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from vitdeploy.cli._common import MODEL_HELP, check_onnx_files
-from vitdeploy.cli._options import batch_size, float_in, threads_count, whole_number_in
+from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_refs
+from vitdeploy.cli._options import batch_size, float_in, non_empty, threads_count, whole_number_in
 
 MODELS_HELP = MODEL_HELP + ", or an exported .onnx file"
 MAX_QUEUE_DELAY_US = 60_000_000
@@ -66,6 +66,7 @@ def _add_serve(sub) -> None:
                                    "Prometheus metrics. Every endpoint binds 127.0.0.1 only.",
                        epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL", help=MODELS_HELP)
+    checkpoint_arguments(p)
     p.add_argument("--backend", choices=backend_names(), default=d.backend, help="engine (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, help="default: cuda for tensorrt, else cpu")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
@@ -75,20 +76,22 @@ def _add_serve(sub) -> None:
     p.add_argument("--http-port", type=tcp_port, default=d.http_port, help="default: %(default)s")
     p.add_argument("--grpc-port", type=tcp_port, default=d.grpc_port, help="default: %(default)s")
     p.add_argument("--metrics-port", type=tcp_port, default=d.metrics_port, help="default: %(default)s")
-    p.add_argument("--log-file", type=Path, help="write Triton's log there (default: stdout/stderr)")
+    p.add_argument("--log-file", type=lambda text: Path(non_empty(text)),
+                   help="write Triton's log there (default: stdout/stderr)")
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args) -> None:
     from vitdeploy.serve.triton import ServeConfig, serve
 
-    check_onnx_files(args.models)
     config = ServeConfig(backend=args.backend, device=args.device or _default_device(args.backend),
                          precision=args.precision, threads=args.threads, max_batch=args.max_batch,
                          max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                          http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-                         log_file=args.log_file)
-    serve(args.models, args.name, config.validate(), on_ready=lambda models: _print_ready(models, config))
+                         log_file=args.log_file).validate()
+    loaded = load_model_refs(args, args.models)
+    serve(args.models, args.name, config, on_ready=lambda models: _print_ready(models, config),
+          loaded=loaded)
 
 
 def _default_device(backend: str) -> str:
@@ -116,7 +119,9 @@ def _add_triton_repo(sub) -> None:
                                    "config is checked against the ONNX graph; nothing is written unless all pass.",
                        epilog=REPO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL", help=MODELS_HELP)
-    p.add_argument("--out", required=True, metavar="REPO", help="repository directory (new, or one this wrote)")
+    checkpoint_arguments(p)
+    p.add_argument("--out", type=non_empty, required=True, metavar="REPO",
+                   help="repository directory (new, or one this wrote)")
     p.add_argument("--target", choices=list(PLATFORMS), default=d.target,
                    help="onnxruntime: platform onnxruntime_onnx; tensorrt: tensorrt_plan, built here on the GPU "
                         "(default: %(default)s)")
@@ -134,13 +139,13 @@ def _run_triton_repo(args) -> None:
     from vitdeploy.bench.run import parse_batches
     from vitdeploy.serve.repository import RepoConfig, write_repository
 
-    check_onnx_files(args.models)
     preferred = parse_batches(args.preferred_batch, "--preferred-batch") if args.preferred_batch else ()
     config = RepoConfig(target=args.target, device=args.device or _default_device(args.target),
                         max_batch=args.max_batch, preferred_batch=preferred,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                        ort_tensorrt=args.ort_tensorrt)
-    written = write_repository(args.models, args.name, config, Path(args.out))
+                        ort_tensorrt=args.ort_tensorrt).validate()
+    loaded = load_model_refs(args, args.models)
+    written = write_repository(args.models, args.name, config, Path(args.out), loaded)
     if args.json:
         print(json.dumps(written, indent=2))
         return
@@ -173,19 +178,24 @@ def _add_loadtest(sub) -> None:
     p.add_argument("--batch", type=batch_size, default=d.batch, help="images per request (default: %(default)s)")
     p.add_argument("--timeout", type=float_in(0, 3600, low_open=True), default=d.request_timeout_s,
                    help="seconds before a request counts as failed (default: %(default)s)")
-    p.add_argument("--metrics-url", help="the server's Prometheus metrics (default: http://HOST:8002/metrics)")
-    p.add_argument("--out", help="write OUT.json, OUT.md and OUT.png (default: print only)")
+    p.add_argument("--metrics-url", type=non_empty,
+                   help="the server's Prometheus metrics (default: Triton's port layout, the metrics port being the "
+                        "gRPC port + 1 or the HTTP port + 2: http://HOST:8002/metrics for port 8001 or 8000)")
+    p.add_argument("--out", type=non_empty, help="write OUT.json, OUT.md and OUT.png (default: print only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the markdown table")
     p.set_defaults(run=_run_loadtest)
 
 
 def _run_loadtest(args) -> None:
     from vitdeploy.bench.run import parse_batches
-    from vitdeploy.serve.loadtest import LoadPlan, parse_endpoint, run_loadtest
+    from vitdeploy.io import check_output_files
+    from vitdeploy.serve.loadtest import MAX_CONCURRENCY, LoadPlan, parse_endpoint, run_loadtest
     from vitdeploy.serve.report import load_result, markdown_report, write_load_result
 
     endpoint = parse_endpoint(args.url, args.metrics_url)
-    plan = LoadPlan(concurrency=parse_batches(args.concurrency, "--concurrency", "client counts"),
+    if args.out is not None:
+        check_output_files(*(args.out + suffix for suffix in (".json", ".md", ".png")))
+    plan = LoadPlan(concurrency=parse_batches(args.concurrency, "--concurrency", "client counts", MAX_CONCURRENCY),
                     duration_s=args.duration, max_requests=args.max_requests, batch=args.batch,
                     warmup_s=args.warmup, request_timeout_s=args.timeout).validate()
     rows = run_loadtest(endpoint, args.model, plan)

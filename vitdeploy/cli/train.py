@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vitdeploy.cli._options import batch_size, float_in, positive_int, threads_count, whole_number_in
+from vitdeploy.cli._options import batch_size, float_in, non_empty, positive_int, threads_count, whole_number_in
 from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 from vitdeploy.errors import VitDeployError
 
@@ -15,8 +15,9 @@ def register(sub) -> None:
                        description="Train a registered architecture from scratch and save it as a vitdeploy model "
                                    "directory, with train.json (config and per-epoch accuracy) beside it.")
     p.add_argument("--model", default=d.model, help="registered architecture (default: %(default)s)")
-    p.add_argument("--data", default=d.data, help="fashion-mnist or an ImageFolder directory (default: %(default)s)")
-    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--data", type=non_empty, default=d.data,
+                   help="fashion-mnist or an ImageFolder directory (default: %(default)s)")
+    p.add_argument("--out", type=non_empty, required=True, help="output model directory")
     p.add_argument("--epochs", type=whole_number_in(1, 100_000), default=d.epochs, help="default: %(default)s")
     p.add_argument("--batch-size", type=batch_size, default=d.batch_size, help="default: %(default)s")
     p.add_argument("--lr", type=float_in(0, 10, low_open=True), default=d.lr,
@@ -28,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=whole_number_in(0, 2**32 - 1), default=d.seed, help="default: %(default)s")
     p.add_argument("--threads", type=threads_count, default=d.threads, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="use only the first N images of each split (quick runs)")
-    p.add_argument("--init", metavar="MODEL_DIR",
+    p.add_argument("--init", type=non_empty, metavar="MODEL_DIR",
                    help="start from this model directory's weights (fine-tuning) instead of a random init")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     add_runtime_options(p)

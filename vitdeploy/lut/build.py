@@ -55,7 +55,8 @@ from vitdeploy.export.config import ExportConfig
 from vitdeploy.export.onnx import quiet_exporter
 from vitdeploy.lut.measure import build_config_of, measure_models
 from vitdeploy.lut.table import (
-    PART_AXES, LatencyTable, PartTable, StemGeometry, TableMetadata, fit_calibration, load_table, predict, save_table,
+    PART_AXES, Grid, LatencyTable, PartTable, StemGeometry, TableMetadata, fit_calibration, load_table, predict,
+    save_table,
 )
 from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
 from vitdeploy.models.vit import Attention, Block, Mlp, ViT
@@ -71,54 +72,6 @@ STATIC_SHAPE_BACKENDS = ("tensorrt",)
 GRID_FOR_TOKENS = 5
 GRID_FOR_WIDTHS = 4
 """Values per axis of ``grid_for``'s grids: tokens spaced evenly, widths geometrically."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Where each part is measured. Axes are increasing; see ``table.py`` for what they mean.
-
-    ``qk_width``/``v_width`` are total widths H·qk and H·v, measured with ``reference_heads``
-    heads (so both must be divisible by it); the ``heads`` correction is measured at
-    ``probe_width`` (embed = H·qk = H·v = probe_width), which every head count must divide.
-    """
-
-    name: str
-    tokens: tuple[int, ...]
-    embed: tuple[int, ...]
-    qk_width: tuple[int, ...]
-    v_width: tuple[int, ...]
-    mlp: tuple[int, ...]
-    heads: tuple[int, ...]
-    reference_heads: int
-    probe_width: int
-    stem: StemGeometry
-
-    def validate(self) -> "Grid":
-        for axis in ("tokens", "embed", "qk_width", "v_width", "mlp", "heads"):
-            values = getattr(self, axis)
-            if not values or min(values) < 1 or list(values) != sorted(set(values)):
-                raise VitDeployError(f"grid {self.name}: {axis} must be positive and strictly increasing")
-        if min(self.tokens) < 3:
-            raise VitDeployError(f"grid {self.name}: token counts must be ≥ 3 (class token + 2 patches)")
-        if any(w % self.reference_heads for w in self.qk_width + self.v_width):
-            raise VitDeployError(f"grid {self.name}: qk/v widths must be divisible by reference_heads "
-                                 f"{self.reference_heads}")
-        if self.reference_heads not in self.heads or any(self.probe_width % h for h in self.heads):
-            raise VitDeployError(f"grid {self.name}: heads must include reference_heads and divide probe_width")
-        return self
-
-    def timing_count(self) -> int:
-        """How many timed measurements a build makes (for the progress bar)."""
-        n, d = len(self.tokens), len(self.embed)
-        return n * d * (len(self.qk_width) * len(self.v_width) + len(self.mlp)) + n + n * d + d
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Grid":
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**{**fields, "stem": StemGeometry(**data["stem"])}).validate()
 
 
 GRIDS = {
@@ -292,7 +245,7 @@ def refresh_table(path: str | Path, timing_plan: TimingPlan | None = None, progr
     old = load_table(path)
     meta = old.metadata
     plan = timing_plan or TimingPlan(**meta.timing_plan)
-    new = _build(meta.backend, build_config_of(meta), Grid.from_dict(meta.grid), plan, meta.batch, progress,
+    new = _build(meta.backend, build_config_of(meta), Grid.from_dict(meta.grid, "metadata.grid"), plan, meta.batch, progress,
                  meta.build_command, meta.device)
     new = replace(new, calibration=old.calibration)
     save_table(new, path)

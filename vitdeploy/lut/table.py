@@ -60,7 +60,7 @@ from vitdeploy.hardware import device_name, device_slug
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_json_atomic
 from vitdeploy.models.spec import ViTSpec
-from vitdeploy.schema import parse, schema
+from vitdeploy.schema import parse, read_json_bytes, schema
 
 SCHEMA_VERSION = 1
 SIGNIFICANT_DIGITS = 4
@@ -75,6 +75,12 @@ PART_AXES: dict[str, tuple[str, ...]] = {
 }
 SIGNED_PARTS = ("heads",)
 """Parts that store differences, which may be negative."""
+MAX_PART_MS = 1e6
+"""A quarter of an hour for one part: larger magnitudes are damage, not measurements."""
+MAX_GRID_VALUE = 1 << 20
+"""Above any token count, width or head count of a ViT part."""
+MAX_IMAGE_SIZE, MAX_CHANNELS, MAX_CLASSES = 16384, 1024, 1_000_000
+MAX_CALIBRATION_SCALE = 1000.0
 
 
 @dataclass
@@ -114,14 +120,17 @@ class PartTable:
         if list(axes) != list(PART_AXES[part]):
             raise ValueError(f"{part}: axes must be {list(PART_AXES[part])}, found {list(axes)}")
         for name, values in axes.items():
-            if not values or any(not _is_positive_number(v) for v in values) or values != sorted(set(values)):
-                raise ValueError(f"{part}.{name}: axis values must be positive and strictly increasing")
+            if not values or any(not _is_positive_number(v) or v > MAX_GRID_VALUE for v in values) \
+                    or values != sorted(set(values)):
+                raise ValueError(f"{part}.{name}: axis values must be in (0, {MAX_GRID_VALUE}] and strictly increasing")
         shape = tuple(len(values) for values in axes.values())
         ms = np.asarray(data["ms"], dtype=np.float64)
         if ms.size != math.prod(shape):
             raise ValueError(f"{part}: {ms.size} values for a grid of {math.prod(shape)} points")
-        if not np.all(np.isfinite(ms)) or (part not in SIGNED_PARTS and np.any(ms < 0)):
-            raise ValueError(f"{part}: latencies must be finite" + ("" if part in SIGNED_PARTS else " and ≥ 0"))
+        if not np.all(np.isfinite(ms)) or (part not in SIGNED_PARTS and np.any(ms < 0)) \
+                or np.any(np.abs(ms) > MAX_PART_MS):
+            raise ValueError(f"{part}: latencies must be finite" + ("" if part in SIGNED_PARTS else " and ≥ 0")
+                             + f", at most {MAX_PART_MS:.0e} ms")
         return cls({name: list(values) for name, values in axes.items()}, ms.reshape(shape))
 
 
@@ -136,9 +145,69 @@ class StemGeometry:
     num_classes: int = 1000
     distilled: bool = False
 
+    def validate(self) -> "StemGeometry":
+        counts = {"img_size": (self.img_size, MAX_IMAGE_SIZE), "patch_size": (self.patch_size, self.img_size),
+                  "in_chans": (self.in_chans, MAX_CHANNELS), "num_classes": (self.num_classes, MAX_CLASSES)}
+        for name, (value, most) in counts.items():
+            if not 1 <= value <= most:
+                raise VitDeployError(f"stem {name} must be in 1..{most}, got {value}")
+        return self
+
     @classmethod
     def of(cls, spec: ViTSpec) -> "StemGeometry":
         return cls(spec.img_size, spec.patch_size, spec.in_chans, spec.num_classes, spec.distilled)
+
+
+@schema
+@dataclass(frozen=True)
+class Grid:
+    """Where each part is measured. Axes are increasing; see ``table.py`` for what they mean.
+
+    ``qk_width``/``v_width`` are total widths H·qk and H·v, measured with ``reference_heads``
+    heads (so both must be divisible by it); the ``heads`` correction is measured at
+    ``probe_width`` (embed = H·qk = H·v = probe_width), which every head count must divide.
+    """
+
+    name: str
+    tokens: tuple[int, ...]
+    embed: tuple[int, ...]
+    qk_width: tuple[int, ...]
+    v_width: tuple[int, ...]
+    mlp: tuple[int, ...]
+    heads: tuple[int, ...]
+    reference_heads: int
+    probe_width: int
+    stem: StemGeometry
+
+    def validate(self) -> "Grid":
+        for axis in ("tokens", "embed", "qk_width", "v_width", "mlp", "heads"):
+            values = getattr(self, axis)
+            if not values or min(values) < 1 or list(values) != sorted(set(values)):
+                raise VitDeployError(f"grid {self.name}: {axis} must be positive and strictly increasing")
+            if max(values) > MAX_GRID_VALUE:
+                raise VitDeployError(f"grid {self.name}: {axis} goes up to {max(values)}, beyond the "
+                                     f"{MAX_GRID_VALUE} any ViT part has")
+        if min(self.tokens) < 3:
+            raise VitDeployError(f"grid {self.name}: token counts must be ≥ 3 (class token + 2 patches)")
+        if any(w % self.reference_heads for w in self.qk_width + self.v_width):
+            raise VitDeployError(f"grid {self.name}: qk/v widths must be divisible by reference_heads "
+                                 f"{self.reference_heads}")
+        if self.reference_heads not in self.heads or any(self.probe_width % h for h in self.heads):
+            raise VitDeployError(f"grid {self.name}: heads must include reference_heads and divide probe_width")
+        self.stem.validate()
+        return self
+
+    def timing_count(self) -> int:
+        """How many timed measurements a build makes (for the progress bar)."""
+        n, d = len(self.tokens), len(self.embed)
+        return n * d * (len(self.qk_width) * len(self.v_width) + len(self.mlp)) + n + n * d + d
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "grid") -> "Grid":
+        return parse(cls, data, where)
 
 
 @schema
@@ -294,10 +363,14 @@ class LatencyTable:
         hint = "; rebuild it with `vitdeploy lut build`"
         file = parse(_TableFile, data, f"{where}: not a valid latency table")
         try:
+            file.stem.validate()
             if file.schema_version != SCHEMA_VERSION:
                 raise ValueError(f"schema_version {file.schema_version!r} is not the supported {SCHEMA_VERSION}")
             _check_ranges(file)
-            _check_settings(file.metadata, where)
+        except (ValueError, VitDeployError) as exc:
+            raise VitDeployError(f"{where}: not a valid latency table ({exc}){hint}") from None
+        _check_settings(file.metadata, where)
+        try:
             table = cls(file.metadata, file.reference_heads, file.stem,
                         **{name: PartTable.from_dict(asdict(getattr(file, name)), name) for name in PART_AXES},
                         calibration=file.calibration)
@@ -309,16 +382,21 @@ class LatencyTable:
 
 
 def _check_ranges(file: _TableFile) -> None:
-    """Counts that must be positive: the batch, threads, reference heads and the stem's geometry."""
-    stem = file.stem
-    counts = {"metadata.batch": file.metadata.batch, "metadata.threads": file.metadata.threads or 1,
-              "reference_heads": file.reference_heads, "stem.img_size": stem.img_size,
-              "stem.patch_size": stem.patch_size, "stem.in_chans": stem.in_chans, "stem.num_classes": stem.num_classes}
-    for name, value in counts.items():
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
-    if file.calibration is not None and (file.calibration.scale <= 0 or file.calibration.models < 0):
-        raise ValueError("calibration.scale must be > 0 and calibration.models ≥ 0")
+    """Counts within what a machine runs (batch, threads, reference heads) and a calibration that
+    keeps predictions finite, and the stem's geometry."""
+    from vitdeploy.backends.base import MAX_BATCH, MAX_THREADS
+
+    counts = {"metadata.batch": (file.metadata.batch, MAX_BATCH),
+              "metadata.threads": (file.metadata.threads or 1, MAX_THREADS),
+              "reference_heads": (file.reference_heads, MAX_GRID_VALUE)}
+    for name, (value, most) in counts.items():
+        if not 1 <= value <= most:
+            raise ValueError(f"{name} must be in 1..{most}, got {value}")
+    calibration = file.calibration
+    if calibration is not None and not (0 < calibration.scale <= MAX_CALIBRATION_SCALE
+                                        and abs(calibration.offset_ms) <= MAX_PART_MS and calibration.models >= 0):
+        raise ValueError(f"calibration.scale must be in (0, {MAX_CALIBRATION_SCALE:g}], |offset_ms| at most "
+                         f"{MAX_PART_MS:.0e} and models ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -369,7 +447,7 @@ def predict(table: LatencyTable, spec: ViTSpec, include_fixed: bool = True) -> d
     """
     blocks, extrapolated = [], []
     for index, (block, tokens) in enumerate(zip(spec.blocks, spec.tokens_entering()), start=1):
-        class_token_only = index == spec.depth and not spec.distilled
+        class_token_only = index == spec.depth and not spec.has_dist_head
         result = predict_block(table, tokens, spec.embed_dim, block.heads, block.qk_dim, block.v_dim,
                                block.mlp_dim, token_step=block.tokens.active,
                                mlp_tokens=1 if class_token_only else None)
@@ -382,8 +460,12 @@ def predict(table: LatencyTable, spec: ViTSpec, include_fixed: bool = True) -> d
         fixed_ms, outside = _predict_fixed(table, spec)
         extrapolated += [f"fixed.{axis}" for axis in outside]
     raw_ms = fixed_ms + sum(b["ms"] for b in blocks)
-    return {"total_ms": (table.calibration or IDENTITY).apply(raw_ms, include_fixed), "raw_ms": raw_ms,
-            "fixed_ms": fixed_ms, "blocks": blocks, "extrapolated": extrapolated}
+    total_ms = (table.calibration or IDENTITY).apply(raw_ms, include_fixed)
+    if not math.isfinite(total_ms):
+        raise VitDeployError(f"the table predicts {total_ms} ms for {spec.name}: this model lies too far outside "
+                             "its grid; build a table for it with `vitdeploy lut build --for MODEL`")
+    return {"total_ms": total_ms, "raw_ms": raw_ms, "fixed_ms": fixed_ms, "blocks": blocks,
+            "extrapolated": extrapolated}
 
 
 def _predict_fixed(table: LatencyTable, spec: ViTSpec) -> tuple[float, list[str]]:
@@ -404,18 +486,15 @@ def _check_settings(meta: TableMetadata, where: str) -> None:
 
     parse(TimingPlan, meta.timing_plan, f"{where}: metadata.timing_plan")
     parse(BuildConfig, {**meta.build_config, "batch_sizes": [meta.batch]}, f"{where}: metadata.build_config")
+    Grid.from_dict(meta.grid, f"{where}: metadata.grid")
 
 
 def load_table(path: str | Path) -> LatencyTable:
     """Read and validate a table; any problem with the file raises ``VitDeployError``."""
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise VitDeployError(f"{path}: no such latency table; build one with `vitdeploy lut build`") from None
-    except OSError as exc:
-        raise VitDeployError(f"{path}: cannot read the latency table ({exc.strerror})") from None
-    return LatencyTable.from_dict(text, str(path))
+    if not path.exists():
+        raise VitDeployError(f"{path}: no such latency table; build one with `vitdeploy lut build`")
+    return LatencyTable.from_dict(read_json_bytes(path), str(path))
 
 
 def save_table(table: LatencyTable, path: str | Path) -> None:

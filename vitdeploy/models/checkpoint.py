@@ -32,13 +32,15 @@ from safetensors.torch import load_file, save_file
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_dir, finite_json
-from vitdeploy.models.spec import BlockSpec, ViTSpec
+from vitdeploy.models.spec import ACTIVATIONS, BlockSpec, ViTSpec
 from vitdeploy.models.vit import ViT
-from vitdeploy.schema import parse, schema
+from vitdeploy.schema import parse, read_json_bytes, schema
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".pth.tar")
 SPEC_FILE, WEIGHTS_FILE = "spec.json", "weights.safetensors"
 TIMM_CONFIG_FILE = "config.json"
+TIMM_HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+"""The weights of a timm hub directory, beside its config.json, in order of preference."""
 ARTIFACT_REPORTS = ("train.json", "prune.json")
 """JSON reports that may live in a model directory beside its spec and weights."""
 ARTIFACT_FILES = (SPEC_FILE, WEIGHTS_FILE, *ARTIFACT_REPORTS)
@@ -86,7 +88,7 @@ class ModelArgs:
         unsupported = {
             "global_pool": self.global_pool not in (None, "token"),
             "fc_norm": self.fc_norm is True,
-            "act_layer": self.act_layer not in (None, "gelu"),
+            "act_layer": self.act_layer not in (None, *ACTIVATIONS),
             "class_token": self.class_token is False,
             "no_embed_class": self.no_embed_class is True,
             "reg_tokens": bool(self.reg_tokens),
@@ -97,7 +99,8 @@ class ModelArgs:
         for name, refused in unsupported.items():
             if refused:
                 raise VitDeployError(f"{name}={getattr(self, name)!r}: vitdeploy's ViT implements only class-token "
-                                     "pooling, GELU, pre-norm blocks without layer scale, qk-norm or register tokens")
+                                     "pooling, GELU (exact or tanh), pre-norm blocks without layer scale, qk-norm or "
+                                     "register tokens")
         for name in ("num_heads", "embed_dim", "depth", "patch_size", "in_chans", "num_classes"):
             if getattr(self, name) is not None and not 0 < getattr(self, name) <= 1_000_000:
                 raise VitDeployError(f"{name}={getattr(self, name)} is out of range")
@@ -198,6 +201,7 @@ def spec_from_timm_state(state: dict[str, torch.Tensor], config: CheckpointConfi
         embed_dim=embed_dim, num_classes=state["head.weight"].shape[0], blocks=blocks,
         distilled=distilled, qkv_bias="blocks.0.attn.qkv.bias" in state,
         mean=mean, std=std, name=config.arch or "timm_checkpoint",
+        activation=config.model_args.get("act_layer") or "gelu",
     ).validate()
 
 
@@ -262,7 +266,7 @@ def load_artifact(directory: str | Path) -> ViT:
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
     if not spec_path.is_file() or not weights_path.is_file():
         raise VitDeployError(f"{directory} is not a vitdeploy model: it needs {SPEC_FILE} and {WEIGHTS_FILE}")
-    spec = ViTSpec.from_json(_read_bytes(spec_path), where=str(spec_path))
+    spec = ViTSpec.from_json(read_json_bytes(spec_path), where=str(spec_path))
     return load_state_into(ViT(spec), read_state_dict(weights_path), str(weights_path))
 
 
@@ -319,7 +323,7 @@ def _merge_training_args(config: CheckpointConfig, content: dict, path: Path) ->
 
 def _merge_timm_config(config: CheckpointConfig, path: Path) -> None:
     """Fold in a timm hub ``config.json`` (architecture, model_args, pretrained_cfg mean/std)."""
-    file = parse(TimmConfigFile, _read_bytes(path), str(path))
+    file = parse(TimmConfigFile, read_json_bytes(path), str(path))
     model_args = dict(file.model_args)
     if file.global_pool is not None:
         model_args["global_pool"] = file.global_pool
@@ -328,9 +332,14 @@ def _merge_timm_config(config: CheckpointConfig, path: Path) -> None:
     config.merged(file.architecture, checked, norm, str(path))
 
 
+def normalisation_args(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """The checked mean/std among model arguments given by the user."""
+    return _parse_norm({k: values.get(k) for k in ("mean", "std")}, where)
+
+
 def _split_norm(values: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Model arguments given by the user: the ViT's (checked) and the normalisation's."""
-    norm = _parse_norm({k: values.get(k) for k in ("mean", "std")}, where)
+    norm = normalisation_args(values, where)
     return _parse_model_args({k: v for k, v in values.items() if k not in ("mean", "std")}, where), norm
 
 
@@ -382,8 +391,8 @@ def _heads(embed_dim: int, config: CheckpointConfig, assumptions: list[str]) -> 
 def _note_activation(config: CheckpointConfig, assumptions: list[str]) -> None:
     """Say that GELU was assumed when nothing names the activation (a weight shape cannot show it)."""
     if config.model_args.get("act_layer") is None and _registered(config.arch) is None:
-        assumptions.append("GELU (exact, erf) assumed; a model trained with another activation (e.g. gelu_tanh) "
-                           "would give slightly different logits: pass --model-arg act_layer=NAME to have it checked")
+        assumptions.append("GELU (exact, erf) assumed; a model trained with the tanh approximation would give "
+                           "slightly different logits: pass --model-arg act_layer=gelu_tanh for it")
 
 
 def _check_config_matches(model_args: dict[str, Any], **actual: Any) -> None:
@@ -436,13 +445,6 @@ def _require_finite(state: dict[str, torch.Tensor], source: str) -> None:
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise VitDeployError(f"{source}: {key} holds NaN or infinite values; the model is unusable")
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise VitDeployError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _require_keys(state: dict, keys: tuple[str, ...]) -> None:

@@ -63,7 +63,7 @@ def patch_embed_macs(spec: ViTSpec) -> int:
 
 
 def head_macs(spec: ViTSpec) -> int:
-    heads = 2 if spec.distilled else 1
+    heads = 2 if spec.has_dist_head else 1
     return heads * spec.embed_dim * spec.num_classes
 
 

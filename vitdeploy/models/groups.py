@@ -78,7 +78,7 @@ def with_dim_sizes(spec: ViTSpec, sizes: Mapping[str, int]) -> ViTSpec:
 def structure_map(spec: ViTSpec) -> StructureMap:
     """Every dim of ``spec`` (in ``all_dims`` order) → the slices it owns."""
     tokens = ["cls_token", "pos_embed"] + (["dist_token"] if spec.distilled else [])
-    heads = ["head.weight"] + (["head_dist.weight"] if spec.distilled else [])
+    heads = ["head.weight"] + (["head_dist.weight"] if spec.has_dist_head else [])
     channels = _identity(spec.embed_dim)
     emb = (_slices(["patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"], 0, channels)
            + _slices(tokens, 2, channels) + _slices(heads, 1, channels))

@@ -29,6 +29,9 @@ MAX_PARAMETERS = 4_000_000_000
 """Twice ViT-G's size: a spec beyond it is a typo, refused before anything is allocated."""
 SELECTION_METHODS = ("topk", "rank")
 """How a scored token step is realised: TopK with a static k, or a sort-free rank selection."""
+ACTIVATIONS = ("gelu", "gelu_tanh")
+"""The MLP's activation: exact GELU (erf), or its tanh approximation (timm's ``gelu_tanh``,
+Hugging Face's ``gelu_new`` / ``gelu_pytorch_tanh``)."""
 
 
 @schema
@@ -110,6 +113,16 @@ class ViTSpec:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     sparsity: str | None = None
     name: str = "vit"
+    activation: str = "gelu"
+    dist_head: bool = True
+    """Distilled models only: False when the distillation token has no head of its own and the
+    logits are the class token's alone (Hugging Face's ``DeiTForImageClassification``)."""
+    labels: list[str] | None = None
+    """Class names by class index, when the checkpoint names them (Hugging Face's ``id2label``)."""
+
+    @property
+    def has_dist_head(self) -> bool:
+        return self.distilled and self.dist_head
 
     @property
     def grid(self) -> int:
@@ -182,6 +195,11 @@ class ViTSpec:
         _require(len(self.blocks) > 0, "a ViT needs at least one block")
         _require(len(self.mean) == self.in_chans and len(self.std) == self.in_chans,
                  f"mean/std need {self.in_chans} values, one per input channel")
+        _require(self.activation in ACTIVATIONS,
+                 f"unknown activation {self.activation!r}: choose one of {ACTIVATIONS}")
+        _require(self.distilled or self.dist_head, "dist_head=false needs a distilled model (a distillation token)")
+        _require(self.labels is None or len(self.labels) == self.num_classes,
+                 f"labels name {len(self.labels or [])} classes, the model has {self.num_classes}")
         _require(self.sparsity in SPARSITY_PATTERNS,
                  f"unknown sparsity {self.sparsity!r}: choose one of {SPARSITY_PATTERNS}")
         _require(_is_count(self.img_size, self.patch_size, self.in_chans, self.embed_dim, self.num_classes),

@@ -71,10 +71,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, activation: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=spec.norm_eps)
         self.attn = Attention(dim, block, spec.qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=spec.norm_eps)
-        self.mlp = Mlp(dim, block.mlp_dim)
+        self.mlp = Mlp(dim, block.mlp_dim, spec.activation)
         self.step = block.tokens
         self.num_prefix = spec.num_prefix_tokens
         self.patch_tokens_in = patch_tokens_in
@@ -182,7 +182,7 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(spec, b, n) for b, n in zip(spec.blocks, patch_counts))
         self.norm = nn.LayerNorm(dim, eps=spec.norm_eps)
         self.head = nn.Linear(dim, spec.num_classes)
-        self.head_dist = nn.Linear(dim, spec.num_classes) if spec.distilled else None
+        self.head_dist = nn.Linear(dim, spec.num_classes) if spec.has_dist_head else None
         self.reset_parameters()
 
     def reset_parameters(self, seed: int | None = None) -> None:
@@ -237,7 +237,8 @@ class ViT(nn.Module):
         return torch.arange(n, dtype=tokens.dtype, device=tokens.device).expand(tokens.shape[0], n)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from the final tokens (the class token; averaged with the distillation token's)."""
+        """Logits from the final tokens: the class token's, averaged with the distillation token's
+        when it has a head."""
         logits = self.head(features[:, 0])
         if self.head_dist is None:
             return logits

@@ -80,7 +80,8 @@ def _optimize(base, config: OptimizeConfig, work: Path, progress: bool, pipeline
             ranking_check = _check_ranking(pruner, candidates, rounds, data)
     seconds["total"] = round(time.perf_counter() - started, 1)
     result = {
-        "model": base.spec.name, "config": asdict(config), "table": _table_summary(table, config.lut),
+        "model": base.spec.name, "assumed": list(getattr(base, "assumptions", [])), "config": asdict(config),
+        "table": _table_summary(table, config.lut),
         "drift": drift.to_dict(), "budget_ratio": search.budget_ratio, "savings_scale": savings_scale(candidates),
         "candidates": [c.to_dict() for c in ranked], "dropped": dropped, "rounds": rounds, "chosen": chosen.name,
         "final": final, "ranking_check": ranking_check, "seconds": seconds,

@@ -27,9 +27,13 @@ import numpy as np
 from vitdeploy.errors import VitDeployError
 
 PROTOCOLS = ("grpc", "http")
-DEFAULT_METRICS_PORT = 8002
+METRICS_PORT_OFFSET = {"http": 2, "grpc": 1}
+"""Triton's (and ``vitdeploy serve``'s) port layout: HTTP 8000, gRPC 8001, metrics 8002. Without
+--metrics-url the metrics port is the URL's port moved by this offset."""
 METRICS = ("nv_inference_count", "nv_inference_exec_count")
 METRIC_LINE = re.compile(r"^(\w+)\{([^}]*)\}\s+(\S+)")
+MAX_CONCURRENCY = 4096
+"""Clients per level: each is an open connection and a task in one event loop."""
 ERRORS_KEPT = 3
 """Distinct error messages kept per level, to say what went wrong without flooding the report."""
 
@@ -82,20 +86,40 @@ class LevelResult:
     error_samples: list[str]
 
 
+def default_metrics_url(protocol: str, host: str, port: int) -> str:
+    """Where Triton's metrics are when its ports follow its default layout (see METRICS_PORT_OFFSET)."""
+    return f"http://{_host(host)}:{min(port + METRICS_PORT_OFFSET[protocol], 65535)}/metrics"
+
+
 def parse_endpoint(url: str, metrics_url: str | None = None) -> Endpoint:
     """``grpc://host:port``, ``http://host:port`` or ``host:port`` (gRPC); the host must be loopback."""
-    parts = urlsplit(url if "://" in url else f"grpc://{url}")
+    parts = _split(url if "://" in url else f"grpc://{url}", url)
     if parts.scheme not in PROTOCOLS or not parts.hostname or _port(parts, url) is None \
             or parts.path not in ("", "/"):
         raise VitDeployError(f"{url}: give the server as grpc://HOST:PORT or http://HOST:PORT")
     require_loopback(parts.hostname, url)
-    metrics_url = metrics_url or f"http://{parts.hostname}:{DEFAULT_METRICS_PORT}/metrics"
-    metrics = urlsplit(metrics_url)
+    metrics_url = metrics_url or default_metrics_url(parts.scheme, parts.hostname, parts.port)
+    metrics = _split(metrics_url, metrics_url)
     if metrics.scheme != "http" or not metrics.hostname:
         raise VitDeployError(f"--metrics-url {metrics_url}: give http://HOST:PORT/metrics")
     _port(metrics, metrics_url)
     require_loopback(metrics.hostname, metrics_url)
-    return Endpoint(parts.scheme, f"{parts.hostname}:{parts.port}", metrics_url)
+    return Endpoint(parts.scheme, f"{_host(parts.hostname)}:{parts.port}", metrics_url)
+
+
+def _split(text: str, url: str):
+    """``urlsplit`` with its host read, so that a malformed one ("[::1", "[127.0.0.1]") is one line."""
+    try:
+        parts = urlsplit(text)
+        parts.hostname  # noqa: B018 - raises for a malformed bracketed host
+    except ValueError as exc:
+        raise VitDeployError(f"{url}: not a valid URL ({exc})") from None
+    return parts
+
+
+def _host(hostname: str) -> str:
+    """``hostname`` as a URL writes it: an IPv6 address in brackets."""
+    return f"[{hostname}]" if ":" in hostname else hostname
 
 
 def _port(parts, url: str) -> int | None:
@@ -111,8 +135,8 @@ def _port(parts, url: str) -> int | None:
 
 def require_loopback(host: str, url: str) -> None:
     try:
-        address = ipaddress.ip_address(socket.gethostbyname(host))
-    except (OSError, ValueError):
+        address = ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0])
+    except (OSError, ValueError, IndexError):
         raise VitDeployError(f"{url}: cannot resolve {host}") from None
     if not address.is_loopback:
         raise VitDeployError(f"{url}: loadtest only sends load to this machine (a loopback address such as "

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitdeploy.backends import BuildConfig, ModelSource
+from vitdeploy.backends import BuildConfig, ModelSource, get_backend
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_dir, check_output_dir, write_bytes_atomic
 from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, model_names
@@ -65,11 +65,15 @@ class RepoConfig:
         return self
 
 
-def write_repository(refs: list[str], names: list[str] | None, config: RepoConfig, out: Path) -> list[dict]:
-    """Write (or update) a Triton model repository at ``out`` for ``refs``; one summary dict per model."""
+def write_repository(refs: list[str], names: list[str] | None, config: RepoConfig, out: Path,
+                     loaded: dict | None = None) -> list[dict]:
+    """Write (or update) a Triton model repository at ``out`` for ``refs``; one summary dict per model.
+    ``loaded`` maps references to models already loaded (with the user's checkpoint options)."""
     config.validate()
+    if config.target == "tensorrt":
+        get_backend("tensorrt")  # before any export: a VitDeployError saying what is missing for TensorRT here
     with tempfile.TemporaryDirectory(prefix="vitdeploy-triton-repo-") as work_dir:
-        sources = [ModelSource(ref, work_dir) for ref in refs]
+        sources = [ModelSource(ref, work_dir, model=(loaded or {}).get(ref)) for ref in refs]
         names = model_names([source.name for source in sources], names)
         for name in names:
             _require_own(out / name)
@@ -186,11 +190,9 @@ def check_config(message, graph) -> None:
 
 def tensorrt_plan(source: ModelSource, config: RepoConfig) -> bytes:
     """A serialized TensorRT engine for ``source``, from vitdeploy's TensorRT backend with a throwaway cache."""
-    from vitdeploy.backends import get_backend
     from vitdeploy.backends.cache import ENGINE_SUFFIX, EngineCache
     from vitdeploy.backends.tensorrt import TensorRTBackend
 
-    get_backend("tensorrt")  # a VitDeployError saying what is missing when TensorRT cannot build here
     with tempfile.TemporaryDirectory(prefix="vitdeploy-plan-") as cache_dir:
         build = BuildConfig(device="cuda", batch_sizes=(1, config.max_batch), threads=None)
         TensorRTBackend(EngineCache(cache_dir)).build(source, build)

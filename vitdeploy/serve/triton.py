@@ -16,6 +16,10 @@ Two facts about pytriton 0.7 on this project's machines shape the start-up:
 - its python-backend stub links the first ``libpython3.X.so`` on the library path, which can be a
   system Python's rather than the running interpreter's (it then crashes on start), so the running
   interpreter's ``LIBDIR`` goes first on ``LD_LIBRARY_PATH``, which pytriton passes to Triton;
+- by default pytriton starts Triton with an empty model repository and loads the models after
+  Triton answers ready, so ``/v2/health/ready`` says "ready" seconds before any model can answer.
+  Its local model store writes every model into the repository before Triton starts, which then
+  loads them before it opens its endpoints: ready means every model is loaded;
 - Triton waits up to its exit timeout (30 s by default) for models to unload and client
   connections to close when it stops. ``EXIT_TIMEOUT_S`` bounds that; it leaves the python-backend
   models (~2 s on 2 busy cores) time to unload, or Triton leaves their /tmp/folderXXXXXX behind.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import re
 import signal
@@ -104,14 +109,16 @@ class ServedModel:
     num_classes: int
 
 
-def build_models(refs: list[str], names: list[str] | None, config: ServeConfig, work_dir: Path) -> list[ServedModel]:
-    """Build ``config.instances`` engines per model reference, named ``names`` or by the models' own names."""
+def build_models(refs: list[str], names: list[str] | None, config: ServeConfig, work_dir: Path,
+                 loaded: dict | None = None) -> list[ServedModel]:
+    """Build ``config.instances`` engines per model reference, named ``names`` or by the models' own names.
+    ``loaded`` maps references to models already loaded (with the user's checkpoint options)."""
     config.validate()
     backend = get_backend(config.backend, require_available=False)
     if not backend.available(config.device):
         raise VitDeployError(f"backend {config.backend} is not available here: "
                              f"{backend.unavailable_reason(config.device)}")
-    sources = [ModelSource(ref, work_dir) for ref in refs]
+    sources = [ModelSource(ref, work_dir, model=(loaded or {}).get(ref)) for ref in refs]
     names = model_names([source.name for source in sources], names)
     return [build_model(name, source, backend, config) for name, source in zip(names, sources)]
 
@@ -188,21 +195,63 @@ def triton_config(config: ServeConfig):
 def running_server(models: list[ServedModel], config: ServeConfig) -> Iterator:
     """A started Triton serving ``models``; stopped, with its workspace removed, on exit."""
     from pytriton.exceptions import PyTritonError
-    from pytriton.triton import Triton
+    from pytriton.triton import Triton, TritonLifecyclePolicy
 
-    prefer_running_libpython()
     with tempfile.TemporaryDirectory(prefix="vitdeploy-triton-") as tmp:
-        triton = Triton(config=triton_config(config), workspace=Path(tmp) / "workspace")
+        triton = Triton(config=triton_config(config), workspace=Path(tmp) / "workspace",
+                        triton_lifecycle_policy=TritonLifecyclePolicy(local_model_store=True))  # see the module notes
         try:
             for model in models:
                 bind_model(triton, model, config)
             try:
-                triton.run()
+                with running_libpython_first():
+                    triton.run()
             except PyTritonError as exc:
                 raise VitDeployError(f"Triton Inference Server did not start ({exc}); see its log") from None
             yield triton
         finally:
-            triton.stop()
+            if not triton.is_connected():
+                _kill_starting_servers()
+            with _logger_level("pytriton", logging.ERROR):  # stopped mid-start-up, Triton "exits with failure"
+                triton.stop()
+
+
+def _kill_starting_servers() -> None:
+    """SIGKILL this process's tritonserver children and their python-backend stubs. While it loads its
+    models, tritonserver loses the SIGINT that pytriton stops it with (pytriton then waits 30 s), and
+    a stub whose server died before it was fully started never exits. Nothing has been served yet.
+    The stubs' shared memory (named by pytriton after this process) goes with them."""
+    children = _child_processes()
+    servers = [pid for pid, name in children.get(os.getpid(), []) if name == "tritonserver"]
+    stubs = [pid for server in servers for pid, _ in children.get(server, [])]
+    for pid in stubs + servers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for region in Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"):
+        region.unlink(missing_ok=True)
+
+
+def _child_processes() -> dict[int, list[tuple[int, str]]]:
+    """Parent pid → [(pid, command name)] of every process, from /proc."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, fields = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        children.setdefault(int(fields.split()[1]), []).append((int(stat.parent.name), name.split("(", 1)[1]))
+    return children
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def require_free_ports(config: ServeConfig) -> None:
@@ -218,12 +267,22 @@ def require_free_ports(config: ServeConfig) -> None:
                                      "choose another port") from None
 
 
-def prefer_running_libpython() -> None:
-    """Put this interpreter's libpython first on ``LD_LIBRARY_PATH`` (see the module notes)."""
+@contextlib.contextmanager
+def running_libpython_first() -> Iterator[None]:
+    """This interpreter's libpython first on ``LD_LIBRARY_PATH`` while Triton starts (it copies the
+    environment then; see the module notes), and the caller's value back afterwards."""
+    previous = os.environ.get("LD_LIBRARY_PATH")
     libdir = sysconfig.get_config_var("LIBDIR")
-    paths = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    paths = (previous or "").split(os.pathsep)
     if libdir and paths[0] != libdir:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *filter(None, paths)])
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = previous
 
 
 def wait_for_stop_signal(triton, on_ready: Callable[[], None] = lambda: None) -> None:
@@ -241,11 +300,11 @@ def wait_for_stop_signal(triton, on_ready: Callable[[], None] = lambda: None) ->
 
 
 def serve(refs: list[str], names: list[str] | None, config: ServeConfig,
-          on_ready: Callable[[list[ServedModel]], None] = lambda models: None) -> None:
+          on_ready: Callable[[list[ServedModel]], None] = lambda models: None, loaded: dict | None = None) -> None:
     """Build the engines, serve them until SIGINT/SIGTERM, then stop Triton and clean up."""
     require_free_ports(config)
     with tempfile.TemporaryDirectory(prefix="vitdeploy-serve-") as work_dir:
-        models = build_models(refs, names, config, Path(work_dir))
+        models = build_models(refs, names, config, Path(work_dir), loaded)
         # Loading and exporting leaves ~400k long-lived objects (torch, the exporter). Frozen, the
         # collector skips them: no full-heap pauses while serving, and exit takes 0.5 s instead of 4.
         gc.freeze()
