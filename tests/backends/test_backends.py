@@ -305,3 +305,14 @@ def test_the_torch_engine_leaves_the_callers_thread_count_alone(tiny):
     engine = get_backend("torch").build(ModelSource("tiny", ".", model=tiny), BuildConfig(threads=other))
     engine.infer(np.zeros((1, 3, 32, 32), np.float32))
     assert torch.get_num_threads() == previous and engine.metadata()["threads"] == other
+
+
+def test_a_source_exports_for_the_target_a_backend_names(tmp_path, tiny):
+    from vitdeploy.export.onnx import report_path
+
+    source = ModelSource("tiny", tmp_path, model=tiny)
+    targets = {}
+    for name in ("onnxruntime", "tensorrt"):
+        target = get_backend(name, require_available=False).export_target
+        targets[name] = json.loads(report_path(source.onnx_path(target)).read_text())["config"]["target"]
+    assert targets == {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}

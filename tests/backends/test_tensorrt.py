@@ -285,7 +285,7 @@ def exported_source(tmp_path_factory):
     from tests.conftest import tiny_model
 
     source = ModelSource("tiny", tmp_path_factory.mktemp("work"), model=tiny_model())
-    source.onnx_path()
+    source.onnx_path("tensorrt")
     return source
 
 

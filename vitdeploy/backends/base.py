@@ -76,7 +76,8 @@ class ModelSource:
     """A model as the backends see it: a vitdeploy model and/or an .onnx file.
 
     Built from a MODEL reference (directory, checkpoint, registered name) or an ``.onnx`` path.
-    ``onnx_path()`` exports on first use (with every export check) into ``work_dir``.
+    ``onnx_path(target)`` exports on first use (with every export check, the target's op audit
+    included) into ``work_dir``.
     """
 
     def __init__(self, ref: str, work_dir: str | Path, model=None):
@@ -84,6 +85,7 @@ class ModelSource:
         self.work_dir = Path(work_dir)
         self._model = model
         self._onnx = Path(ref) if ref.endswith(".onnx") else None
+        self._exports: dict[str, Path] = {}
         if self._onnx is not None and not self._onnx.is_file():
             raise VitDeployError(f"{ref}: no such ONNX file")
 
@@ -101,14 +103,18 @@ class ModelSource:
             self._model = load_model(self.ref)
         return self._model
 
-    def onnx_path(self) -> Path:
-        if self._onnx is None:
+    def onnx_path(self, target: str = "onnxruntime") -> Path:
+        """The .onnx file given, or the model exported for ``target`` (once per target)."""
+        if self._onnx is not None:
+            return self._onnx
+        if target not in self._exports:
+            from vitdeploy.export.config import ExportConfig
             from vitdeploy.export.onnx import export_onnx
 
-            model, path = self.torch_model(), self.work_dir / f"{_safe_name(self.name)}.onnx"
-            export_onnx(model, path)
-            self._onnx = path
-        return self._onnx
+            path = self.work_dir / f"{_safe_name(self.name)}.{target}.onnx"
+            export_onnx(self.torch_model(), path, ExportConfig(target=target))
+            self._exports[target] = path
+        return self._exports[target]
 
     def sparsity(self) -> str | None:
         """The spec's ``sparsity`` ("2:4" or None), or ``SPARSITY_UNKNOWN`` for a bare .onnx."""
@@ -153,7 +159,16 @@ class Engine(Protocol):
 
 
 class Backend(Protocol):
+    """A way to run models, and the facts the other stages need about it."""
+
     name: str
+    export_target: str
+    """The ``vitdeploy export --target`` whose graph suits it (its op audit and fusion passes)."""
+    default_device: str
+    static_shapes: bool
+    """True when an engine takes a dynamic batch axis only (every token count is its own engine)."""
+    triton: tuple[str, str] | None
+    """Its Triton Inference Server platform and model file name, if Triton serves its engines."""
 
     def available(self) -> bool:
         """True when this backend can build here (library importable, device present)."""

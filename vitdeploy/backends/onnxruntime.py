@@ -64,6 +64,10 @@ class OnnxRuntimeEngine:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    export_target = "onnxruntime"
+    default_device = "cpu"
+    static_shapes = False
+    triton = ("onnxruntime_onnx", "model.onnx")
 
     def available(self, device: str = "cpu") -> bool:
         return not self.unavailable_reason(device)
@@ -83,7 +87,7 @@ class OnnxRuntimeBackend:
 
         config.validate()
         providers = execution_providers(config, ort.get_available_providers())
-        session = open_session(source.onnx_path(), config.threads, providers)
+        session = open_session(source.onnx_path(self.export_target), config.threads, providers)
         return OnnxRuntimeEngine(session, config, device_name(config.device))
 
 

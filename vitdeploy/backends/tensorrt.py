@@ -417,6 +417,10 @@ class TensorRTEngine:
 
 class TensorRTBackend:
     name = "tensorrt"
+    export_target = "tensorrt"
+    default_device = "cuda"
+    static_shapes = True
+    triton = ("tensorrt_plan", "model.plan")
 
     def __init__(self, cache: EngineCache | None = None):
         self.cache = cache or EngineCache()
@@ -445,7 +449,7 @@ class TensorRTBackend:
             raise VitDeployError(f"backend tensorrt is not available here: {reason}")
         trt = import_tensorrt()
         flags = builder_flags(config, source.sparsity(), trt.__version__)
-        onnx_path = source.onnx_path()
+        onnx_path = source.onnx_path(self.export_target)
         onnx_sha256 = file_sha256(onnx_path)
         gpu_name, capability = gpu_identity()
         key = engine_cache_key(onnx_sha256, config, gpu_name, capability, trt.__version__)

@@ -124,6 +124,11 @@ class TorchEngine:
 
 class TorchBackend:
     name = "torch"
+    export_target = "onnxruntime"
+    """Torch runs the model itself; only latency-table part graphs are exported, as for ONNX Runtime."""
+    default_device = "cpu"
+    static_shapes = False
+    triton = None
 
     def available(self, device: str = "cpu") -> bool:
         return not self.unavailable_reason(device)

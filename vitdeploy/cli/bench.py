@@ -43,13 +43,13 @@ def register(sub) -> None:
 def _run_bench(args) -> None:
     import tempfile
 
-    from vitdeploy.backends import BuildConfig
+    from vitdeploy.backends import BuildConfig, get_backend
     from vitdeploy.bench.harness import MAX_ROUNDS, MAX_RUNS, TimingPlan
     from vitdeploy.bench.report import markdown_report, write_result
     from vitdeploy.bench.run import bench_models
     from vitdeploy.io import check_output_files
 
-    device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
+    device = args.device or get_backend(args.backend, require_available=False).default_device
     config = BuildConfig(precision=args.precision, device=device, batch_sizes=args.batch,
                          threads=args.threads, compile=args.compile, cuda_graphs=args.cuda_graphs)
     if args.out:

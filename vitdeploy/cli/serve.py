@@ -95,7 +95,9 @@ def _run_serve(args) -> None:
 
 
 def _default_device(backend: str) -> str:
-    return "cuda" if backend == "tensorrt" else "cpu"
+    from vitdeploy.backends import get_backend
+
+    return get_backend(backend, require_available=False).default_device
 
 
 def _print_ready(models, config) -> None:
@@ -110,7 +112,7 @@ def _print_ready(models, config) -> None:
 
 def _add_triton_repo(sub) -> None:
     from vitdeploy.backends.base import DEVICES
-    from vitdeploy.serve.repository import ORT_TENSORRT_PRECISIONS, PLATFORMS, RepoConfig
+    from vitdeploy.serve.repository import ORT_TENSORRT_PRECISIONS, RepoConfig, served_backends
 
     d = RepoConfig()
     p = sub.add_parser("triton-repo", help="write a Triton model repository (config.pbtxt + ONNX or TensorRT plan)",
@@ -122,7 +124,7 @@ def _add_triton_repo(sub) -> None:
     checkpoint_arguments(p)
     p.add_argument("--out", type=non_empty, required=True, metavar="REPO",
                    help="repository directory (new, or one this wrote)")
-    p.add_argument("--target", choices=list(PLATFORMS), default=d.target,
+    p.add_argument("--target", choices=list(served_backends()), default=d.target,
                    help="onnxruntime: platform onnxruntime_onnx; tensorrt: tensorrt_plan, built here on the GPU "
                         "(default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, help="instance kind (default: cuda for tensorrt, else cpu)")

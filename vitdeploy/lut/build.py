@@ -14,7 +14,7 @@ users deploy run.
 The attention and MLP parts are exported with a dynamic token axis, so one engine serves every
 token count on the grid: this cuts the number of exports (the slow step on CPU) by the length of
 the token axis. TensorRT engines take only a dynamic batch axis, so there each token count gets
-its own static engine (``STATIC_SHAPE_BACKENDS``).
+its own static engine (the backend's ``static_shapes``).
 
 Every measurement is timed interleaved (``time_interleaved``) with one fixed reference part and
 stored relative to it, then scaled by the reference's median over the whole build. On a shared
@@ -67,8 +67,6 @@ BUILD_PLAN = TimingPlan(warmup=3, iters=15, rounds=3)
 """Default timing for table builds: medians of 15 runs (the cpu-small grid then builds in ~4 minutes)."""
 PROBE_DIM = 8
 """Per-head and MLP width of the small block that the token-step difference is measured on."""
-STATIC_SHAPE_BACKENDS = ("tensorrt",)
-"""Backends whose engines allow only a dynamic batch axis: parts get one engine per token count."""
 GRID_FOR_TOKENS = 5
 GRID_FOR_WIDTHS = 4
 """Values per axis of ``grid_for``'s grids: tokens spaced evenly, widths geometrically."""
@@ -374,29 +372,24 @@ class _BlockPart(nn.Module):
 class _PartSource(ModelSource):
     """One block part as a ``ModelSource``; its input is activations (batch, tokens, embed).
 
-    ``onnx_path()`` exports the part alone (no whole-model checks: there is no image input and
-    no token plan to audit), with a dynamic token axis if asked.
+    ``onnx_path(target)`` exports the part alone (no whole-model checks: there is no image input
+    and no token plan to audit), with a dynamic token axis if asked.
     """
 
     def __init__(self, module: nn.Module, name: str, work_dir: Path, example: tuple[int, int, int],
-                 dynamic_tokens: bool, target: str):
+                 dynamic_tokens: bool):
         super().__init__(name, work_dir, model=module.eval())
-        self.example, self.dynamic_tokens, self.target = example, dynamic_tokens, target
+        self.example, self.dynamic_tokens = example, dynamic_tokens
         self._part_onnx: Path | None = None
 
-    def onnx_path(self) -> Path:
+    def onnx_path(self, target: str = "onnxruntime") -> Path:
         if self._part_onnx is None:
             self._part_onnx = self.work_dir / f"{self.name}.onnx"
-            export_part(self.torch_model(), self._part_onnx, self.example, self.dynamic_tokens, self.target)
+            export_part(self.torch_model(), self._part_onnx, self.example, self.dynamic_tokens, target)
         return self._part_onnx
 
     def input_shape(self) -> tuple[int, int]:
         return self.example[1:]
-
-
-def export_target(backend_name: str) -> str:
-    """The ``fuse`` target whose passes suit a backend's runtime."""
-    return "tensorrt" if backend_name == "tensorrt" else "onnxruntime"
 
 
 def export_part(module: nn.Module, path: Path, example: tuple[int, int, int], dynamic_tokens: bool = False,
@@ -432,14 +425,13 @@ class _Profiler:
         return engine
 
     def part_engine(self, module: nn.Module, name: str, tokens: int, embed: int, dynamic_tokens: bool) -> Engine:
-        return self.engine(_PartSource(module, name, self.work_dir, (self.batch, tokens, embed), dynamic_tokens,
-                                       export_target(self.backend.name)))
+        return self.engine(_PartSource(module, name, self.work_dir, (self.batch, tokens, embed), dynamic_tokens))
 
     def engines_by_tokens(self, module: nn.Module, name: str, token_counts: Sequence[int],
                           embed: int) -> Iterator[tuple[int, Engine]]:
         """(token count, engine) for each count: one dynamic-token engine serves them all, except
-        on ``STATIC_SHAPE_BACKENDS``, where each count gets its own static engine, built lazily."""
-        if self.backend.name in STATIC_SHAPE_BACKENDS:
+        on backends with static shapes, where each count gets its own static engine, built lazily."""
+        if self.backend.static_shapes:
             for tokens in token_counts:
                 yield tokens, self.part_engine(module, f"{name}-n{tokens}", tokens, embed, dynamic_tokens=False)
             return

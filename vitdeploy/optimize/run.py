@@ -206,12 +206,13 @@ def _finish(search: Search, ranked: list[Candidate], drift, data: _Data, work: P
 
 def _export_and_measure(search: Search, candidate: Candidate, drift, work: Path):
     """(export report, latency check) of ``candidate`` after its full fine-tune."""
+    from vitdeploy.backends import get_backend
     from vitdeploy.export.config import ExportConfig
     from vitdeploy.export.onnx import export_onnx
     from vitdeploy.lut.measure import latency_check
 
     _full_fine_tune(search.pruner, candidate)
-    target = "tensorrt" if search.table.metadata.backend == "tensorrt" else "onnxruntime"
+    target = get_backend(search.table.metadata.backend, require_available=False).export_target
     export = export_onnx(candidate.model, work / "model.onnx", ExportConfig(
         target=target, parity_data=search.config.data, parity_resize=search.config.resize))
     latency = latency_check(search.table, drift, search.base, candidate.model, search.budget_ms)

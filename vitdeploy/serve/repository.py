@@ -21,16 +21,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitdeploy.backends import BuildConfig, ModelSource, get_backend
+from vitdeploy.backends import BuildConfig, ModelSource, backend_names, get_backend
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_dir, check_output_dir, write_bytes_atomic
 from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, model_names
 
-PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 VERSION = "1"
 CONFIG_NAME = "config.pbtxt"
-ENGINE_FILES = tuple(file for _, file in PLATFORMS.values())
-"""What a version directory written here holds."""
 ORT_TENSORRT_PRECISIONS = ("fp32", "fp16")
 
 
@@ -48,8 +45,8 @@ class RepoConfig:
     """Precision of ONNX Runtime's TensorRT execution accelerator (fp32 or fp16); None leaves it off."""
 
     def validate(self) -> "RepoConfig":
-        if self.target not in PLATFORMS:
-            raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(PLATFORMS)}")
+        if self.target not in served_backends():
+            raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(served_backends())}")
         if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
             raise VitDeployError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
         if any(not 1 <= b <= self.max_batch for b in self.preferred_batch):
@@ -63,6 +60,17 @@ class RepoConfig:
             if self.target != "onnxruntime" or self.device != "cuda":
                 raise VitDeployError("--ort-tensorrt applies to --target onnxruntime with --device cuda")
         return self
+
+
+def served_backends() -> dict[str, tuple[str, str]]:
+    """Backend name → (Triton platform, model file) for every backend whose engines Triton serves."""
+    backends = (get_backend(name, require_available=False) for name in backend_names())
+    return {backend.name: backend.triton for backend in backends if backend.triton is not None}
+
+
+def engine_files() -> tuple[str, ...]:
+    """What a version directory written here holds."""
+    return tuple(file for _, file in served_backends().values())
 
 
 def write_repository(refs: list[str], names: list[str] | None, config: RepoConfig, out: Path,
@@ -91,12 +99,12 @@ def _require_own(model_dir: Path) -> None:
         raise VitDeployError(f"{model_dir} is a file; Triton needs a directory per model there")
     if (model_dir / CONFIG_NAME).is_dir():
         raise VitDeployError(f"{model_dir / CONFIG_NAME} is a directory; remove it or choose another --name")
-    check_output_dir(model_dir / VERSION, ENGINE_FILES)
+    check_output_dir(model_dir / VERSION, engine_files())
 
 
 def _install(staged: Path, model_dir: Path) -> None:
     """Move a staged model's version directory and config into ``model_dir``, each replaced atomically."""
-    with atomic_dir(model_dir / VERSION, owned_names=ENGINE_FILES) as version_dir:
+    with atomic_dir(model_dir / VERSION, owned_names=engine_files()) as version_dir:
         for engine in (staged / VERSION).iterdir():
             shutil.copyfile(engine, version_dir / engine.name)
     write_bytes_atomic(model_dir / CONFIG_NAME, (staged / CONFIG_NAME).read_bytes())
@@ -106,10 +114,10 @@ def write_model(model_dir: Path, name: str, source: ModelSource, config: RepoCon
     """``model_dir``/config.pbtxt and ``model_dir``/1/<engine file>; the config is checked on the way."""
     import onnx
 
-    platform, file_name = PLATFORMS[config.target]
+    platform, file_name = served_backends()[config.target]
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True)
-    graph = with_input_name(onnx.load(str(source.onnx_path())), INPUT_NAME)
+    graph = with_input_name(onnx.load(str(source.onnx_path(config.target))), INPUT_NAME)
     onnx_path = (version_dir if config.target == "onnxruntime" else work_dir) / "model.onnx"
     onnx.save(graph, str(onnx_path))
     if config.target == "tensorrt":
