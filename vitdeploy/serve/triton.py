@@ -37,6 +37,8 @@ import socket
 import sysconfig
 import tempfile
 import threading
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -50,6 +52,8 @@ from vitdeploy.io import check_output_files
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 LOOPBACK = "127.0.0.1"
 EXIT_TIMEOUT_S = 5
+KILL_WAIT_S = 5
+"""How long a killed, half-started server and its stubs get to disappear before their shared memory goes."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HEALTH_POLL_S = 1.0
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -210,9 +214,9 @@ def running_server(models: list[ServedModel], config: ServeConfig) -> Iterator:
                 raise VitDeployError(f"Triton Inference Server did not start ({exc}); see its log") from None
             yield triton
         finally:
-            if not triton.is_connected():
-                _kill_starting_servers()
-            with _logger_level("pytriton", logging.ERROR):  # stopped mid-start-up, Triton "exits with failure"
+            with _quiet_pytriton():
+                if not triton.is_connected():
+                    _kill_starting_servers()
                 triton.stop()
 
 
@@ -227,8 +231,19 @@ def _kill_starting_servers() -> None:
     for pid in stubs + servers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while any(_running(pid) for pid in stubs + servers) and time.monotonic() < deadline:
+        time.sleep(0.02)
     for region in Path("/dev/shm").glob(f"pytrtion{os.getpid()}-*"):
         region.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Not exited: a zombie (dead, not yet reaped) does not count."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _child_processes() -> dict[int, list[tuple[int, str]]]:
@@ -244,12 +259,16 @@ def _child_processes() -> dict[int, list[tuple[int, str]]]:
 
 
 @contextlib.contextmanager
-def _logger_level(name: str, level: int) -> Iterator[None]:
-    logger = logging.getLogger(name)
+def _quiet_pytriton() -> Iterator[None]:
+    """pytriton's warnings while it stops a server killed mid-start-up ("exited with failure", a
+    workspace it cannot clean twice): the one line a user sees is "vitdeploy: interrupted"."""
+    logger = logging.getLogger("pytriton")
     previous = logger.level
-    logger.setLevel(level)
+    logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         logger.setLevel(previous)
 
