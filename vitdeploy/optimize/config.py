@@ -99,7 +99,7 @@ class OptimizeConfig:
     def _require_token_method(method: str) -> None:
         from vitdeploy.prune.registry import all_methods
 
-        choices = sorted(name for name, m in all_methods().items() if m.plan is not None and name != "a-star")
+        choices = sorted(name for name, m in all_methods().items() if m.plan is not None and m.static)
         if method not in choices:
             raise VitDeployError(f"unknown token method {method!r} (--tokens, --alone): "
                                  f"choose from {', '.join(choices)}")

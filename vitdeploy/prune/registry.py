@@ -64,6 +64,9 @@ class PruneMethod:
     """Token methods: the settings that may stand in for ``target_flops`` (exactly one is given)."""
     plan: Callable[[Any, Any, Any, bool], tuple[Any, dict]] | None = None
     """Token methods: (model, config, calibration images, progress) → (spec with the plan, details)."""
+    static: bool = True
+    """False when the pruned model keeps an input-dependent number of tokens: not a static graph, so it
+    is never exported, measured or raced by the optimiser."""
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     """Command-line defaults that differ from the config's (e.g. no target until one is given)."""

@@ -1,10 +1,14 @@
-"""What the static token methods share as their ``run``."""
+"""What the static token methods share: their ``run`` and their calibration-data option."""
 
 from __future__ import annotations
 
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+
+from vitdeploy.prune.registry import DataOption
+
+CALIB = DataOption("--calib", "calibration data (its train split): fashion-mnist or an ImageFolder directory")
 
 
 def run_token_method(model, config, context):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from vitdeploy.prune.methods.star import CALIB
-from vitdeploy.prune.methods._tokens import run_token_method
+from vitdeploy.prune.methods._tokens import CALIB, run_token_method
 from vitdeploy.prune.registry import PruneMethod, register
 from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
 from vitdeploy.prune.summaries import prune_summary

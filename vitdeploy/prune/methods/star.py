@@ -3,12 +3,11 @@ relevance (gradient × attention rollouts) per patch position, with ACS-derived 
 
 from __future__ import annotations
 
-from vitdeploy.prune.methods._tokens import run_token_method
-from vitdeploy.prune.registry import DataOption, PruneMethod, register
+from vitdeploy.prune.methods._tokens import CALIB, run_token_method
+from vitdeploy.prune.registry import PruneMethod, register
 from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
 from vitdeploy.prune.summaries import prune_summary
 
-CALIB = DataOption("--calib", "calibration data (its train split): fashion-mnist or an ImageFolder directory")
 OPTIONS = {
     "target_flops": TOKEN_OPTION_HELP["target_flops"],
     "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"],
@@ -50,4 +49,4 @@ register(PruneMethod(
                 "count depends on the input. Not a static graph: `vitdeploy export --as-static-star` exports "
                 "its static STAR plan. Give --target-flops, --target-latency-ms with --lut, or --rho.",
     config=TokenPruneConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
-    fixed={"method": "a-star"}, knobs=("rho",), plan=plan_star))
+    fixed={"method": "a-star"}, knobs=("rho",), plan=plan_star, static=False))
