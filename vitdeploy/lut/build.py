@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import itertools
-import json
 import math
 import tempfile
 from dataclasses import asdict, dataclass, replace

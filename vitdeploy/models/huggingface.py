@@ -149,8 +149,8 @@ class PreprocessorConfig:
 def is_hf_directory(path: Path) -> bool:
     """True for a directory whose ``config.json`` names a ``transformers`` ``model_type``."""
     try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
+        config = json.loads(read_json_bytes(path / CONFIG_FILE))
+    except (VitDeployError, ValueError):
         return False
     return isinstance(config, dict) and "model_type" in config
 
@@ -168,8 +168,6 @@ def load_hf_model(directory: Path, normalisation: dict[str, Any] | None = None) 
     load_state_into(model, vitdeploy_state(state, config.model_type, layout), str(directory))
     model.assumptions = assumptions
     return model
-
-
 
 
 def vitdeploy_state(state: dict[str, torch.Tensor], model_type: str,
