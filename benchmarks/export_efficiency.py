@@ -22,11 +22,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from vitdeploy.backends import BuildConfig, ModelSource
+from vitdeploy.backends import MAX_THREADS, BuildConfig, ModelSource
 from vitdeploy.hardware import cpu_name, device_slug, environment
 from vitdeploy.bench.harness import TimingPlan
-from vitdeploy.bench.run import bench_sources, parse_batches
-from vitdeploy.export import check, fuse
+from vitdeploy.bench.run import bench_sources
+from vitdeploy.cli._options import batch_list, whole_number_list
+from vitdeploy.export import check
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.export.reference import export_torchscript
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
@@ -48,7 +49,7 @@ def export_both(ref: str, work_dir: Path) -> dict[str, dict]:
                "op_counts": {"before": report.fusion.written, "after": report.fusion.onnxruntime},
                "passes": report.fusion.passes},
         OTHER: {"source": ModelSource(str(other), work_dir, model=model),
-                "op_counts": {"before": fuse.op_counts(onnx.load(str(other))), "after": optimized_counts(other)}},
+                "op_counts": {"before": check.op_counts(onnx.load(str(other)).graph.node), "after": optimized_counts(other)}},
     }
 
 
@@ -57,7 +58,7 @@ def optimized_counts(path: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as scratch:
         optimized = Path(scratch) / "optimized.onnx"
         check.ort_session(path, optimized)
-        return fuse.op_counts(onnx.load(str(optimized)))
+        return check.op_counts(onnx.load(str(optimized)).graph.node)
 
 
 def measure(exports: dict[str, dict], threads: int, batches: tuple[int, ...], plan: TimingPlan) -> list[dict]:
@@ -91,12 +92,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     plan = TimingPlan(warmup=10, iters=args.iters, rounds=args.rounds)
-    batches = parse_batches(args.batch)
+    batches = batch_list(args.batch)
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
         for ref in args.models.split(","):
             exports = export_both(ref, Path(tmp))
-            timings = [row for threads in parse_batches(args.threads, "--threads", "thread counts")
+            timings = [row for threads in whole_number_list(1, MAX_THREADS, "thread counts")(args.threads)
                        for row in measure(exports, threads, batches, plan)]
             graphs = {name: {key: value for key, value in entry.items() if key != "source"}
                       for name, entry in exports.items()}

@@ -42,7 +42,7 @@ from vitdeploy.models.architectures import REFERENCE_MODEL
 from vitdeploy.models.zoo import load_model
 from vitdeploy.optimize import OptimizeConfig, optimize
 from vitdeploy.prune.nvit_config import NViTConfig
-from vitdeploy.prune.registry import PruneContext, get_method
+from vitdeploy.prune.registry import METHODS, PruneContext
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.tables import format_table
 from vitdeploy.train.loop import fine_tune
@@ -84,13 +84,13 @@ def timed(make):
 def nvit_alone(base, budget_ms: float, args) -> tuple[object, dict]:
     config = NViTConfig(target_flops=None, target_latency_ms=budget_ms, lut=args.lut,
                         final_finetune_steps=args.final_steps, threads=args.threads)
-    return get_method("nvit").prune(base, config, PruneContext(data="fashion-mnist", progress=True))
+    return METHODS.get("nvit").prune(base, config, PruneContext(data="fashion-mnist", progress=True))
 
 
 @timed
 def star_alone(base, budget_ms: float, args, train) -> tuple[object, dict]:
     config = TokenPruneConfig(method="star", target_latency_ms=budget_ms, lut=args.lut)
-    model, report = get_method("star").prune(base, config, PruneContext(data="fashion-mnist", progress=True))
+    model, report = METHODS.get("star").prune(base, config, PruneContext(data="fashion-mnist", progress=True))
     tune = NViTConfig(threads=args.threads).train_config(seed_offset=1)
     report["fine_tune"] = fine_tune(model, train, tune, args.final_steps, teacher=base, progress=True)
     return model, report

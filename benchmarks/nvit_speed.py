@@ -26,7 +26,8 @@ from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.hardware import cpu_name, device_slug
 from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.report import write_result
-from vitdeploy.bench.run import bench_sources, parse_batches
+from vitdeploy.bench.run import bench_sources
+from vitdeploy.cli._options import batch_list
 from vitdeploy.io import write_bytes_atomic
 from vitdeploy.models.spec import BlockSpec, ViTSpec
 from vitdeploy.models.vit import ViT
@@ -58,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     base = get_spec("fmnist_vit")
     specs = {"baseline": base, **compacted_specs(base)}
-    config = BuildConfig(batch_sizes=parse_batches(args.batch), threads=2)
+    config = BuildConfig(batch_sizes=batch_list(args.batch), threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         sources = {name: ModelSource(name.replace(" ", "_").replace(":", ""), tmp, model=seeded(spec))
                    for name, spec in specs.items()}

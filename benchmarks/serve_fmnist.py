@@ -38,11 +38,12 @@ from nvit_speed import compacted_specs, seeded
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
 from vitdeploy.hardware import cpu_name, device_slug
 from vitdeploy.bench.harness import TimingPlan
-from vitdeploy.bench.run import bench_sources, parse_batches
+from vitdeploy.bench.run import bench_sources
+from vitdeploy.cli._options import whole_number_list
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic
 from vitdeploy.models.zoo import get_spec, load_model
-from vitdeploy.serve.loadtest import LoadPlan, parse_endpoint, run_loadtest
+from vitdeploy.serve.loadtest import MAX_CONCURRENCY, LoadPlan, parse_endpoint, run_loadtest
 from vitdeploy.serve.report import load_result, markdown_report, write_load_result
 from vitdeploy.tables import format_table
 from vitdeploy.models.token_plan import apply_keep_plan
@@ -152,7 +153,7 @@ def summary_table(rows: list[dict]) -> str:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    levels = parse_batches(args.concurrency, "--concurrency", "client counts")
+    levels = whole_number_list(1, MAX_CONCURRENCY, "client counts")(args.concurrency)
     out = args.out or RESULTS / f"serve-fmnist-{device_slug(cpu_name())}-onnxruntime"
     config = BuildConfig(batch_sizes=levels, threads=THREADS)
     timing = TimingPlan(warmup=10, iters=args.iters, rounds=args.rounds)

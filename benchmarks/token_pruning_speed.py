@@ -36,7 +36,8 @@ from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.hardware import cpu_name, device_slug
 from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.report import write_result
-from vitdeploy.bench.run import bench_sources, parse_batches
+from vitdeploy.bench.run import bench_sources
+from vitdeploy.cli._options import batch_list
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.zoo import load_model
@@ -146,7 +147,7 @@ def main() -> None:
     if args.plans_only:
         return
     base = load_model(ref)
-    config = BuildConfig(batch_sizes=parse_batches(args.batch), threads=2)
+    config = BuildConfig(batch_sizes=batch_list(args.batch), threads=2)
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"baseline": ModelSource(ref, tmp, model=base)}
         if args.other_exporter_baseline:

@@ -12,12 +12,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitdeploy"
 LAYERS = {
-    "errors": 1, "schema": 1, "tables": 1, "io": 1, "threads": 1, "hardware": 1, "runtime": 1,
+    "errors": 1, "registry": 1, "schema": 1, "tables": 1, "io": 1, "threads": 1, "hardware": 1, "runtime": 1,
     "tokens": 2, "data": 2,
     "models": 3,
     "export": 4,
     "backends": 5, "evaluate": 5,
-    "bench": 6, "train": 6, "lut": 6, "report": 6,
+    "bench": 6, "train": 6, "lut": 6, "report": 6, "quantize": 6,
     "prune": 7,
     "serve": 8, "pipeline": 8, "optimize": 8,
     "cli": 9, "__main__": 9,

@@ -187,13 +187,13 @@ def test_cli_without_a_budget_exits_2(tmp_path):
 
 def test_nvit_latency_target_is_checked_against_a_measurement(setup):
     from vitdeploy.prune.nvit_config import NViTConfig
-    from vitdeploy.prune.registry import PruneContext, get_method
+    from vitdeploy.prune.registry import METHODS, PruneContext
 
     model, table, lut = setup
     target = 0.7 * unpruned_ms(model, table)
     config = NViTConfig(target_flops=None, target_latency_ms=target, lut=lut, prune_step=0.2, calib_batches=1,
                         batch_size=16, finetune_steps=1, final_finetune_steps=1)
-    pruned, report = get_method("nvit").prune(model, config, PruneContext(data="fashion-mnist", resize=True,
+    pruned, report = METHODS.get("nvit").prune(model, config, PruneContext(data="fashion-mnist", resize=True,
                                                                           progress=False))
     latency = report["latency"]
     assert latency["drift"]["factor"] == pytest.approx(DRIFT, rel=1e-3)
@@ -203,13 +203,13 @@ def test_nvit_latency_target_is_checked_against_a_measurement(setup):
 
 @pytest.mark.parametrize("method", ["uniform", "star"])
 def test_token_latency_target_is_drift_corrected_and_checked_against_a_measurement(setup, method):
-    from vitdeploy.prune.registry import PruneContext, get_method
+    from vitdeploy.prune.registry import METHODS, PruneContext
     from vitdeploy.prune.token_config import TokenPruneConfig
 
     model, table, lut = setup
     target = 0.8 * unpruned_ms(model, table)  # today's machine is DRIFT × slower than the table
     config = TokenPruneConfig(method=method, target_latency_ms=target, lut=lut)
-    pruned, report = get_method(method).prune(model, config, PruneContext(data="fashion-mnist", resize=True,
+    pruned, report = METHODS.get(method).prune(model, config, PruneContext(data="fashion-mnist", resize=True,
                                                                           progress=False))
     latency = report["latency"]
     assert latency["drift"]["factor"] == pytest.approx(DRIFT, rel=1e-3)

@@ -112,7 +112,7 @@ def load_recipe(path: str | Path | None) -> Recipe:
 
 def _prepare(recipe: Recipe, where: str) -> _Prepared:
     from vitdeploy.export.config import ExportConfig
-    from vitdeploy.prune.registry import get_method
+    from vitdeploy.prune.registry import METHODS
     from vitdeploy.models.token_plan import parse_keep
 
     export = parse(ExportConfig, recipe.export, f"{where}: export")
@@ -122,7 +122,7 @@ def _prepare(recipe: Recipe, where: str) -> _Prepared:
             parse_keep(variant.keep)
         stages[variant.name] = []
         for index, stage in enumerate(variant.prune, start=1):
-            method = get_method(stage.method)
+            method = METHODS.get(stage.method)
             context = f"{where}: variant {variant.name}: prune stage {index} ({stage.method})"
             if set(stage.settings) - set(method.options):
                 unknown = ", ".join(sorted(set(stage.settings) - set(method.options)))

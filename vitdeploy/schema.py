@@ -2,13 +2,17 @@
 
 Settings are plain dataclasses marked ``@schema``; ``parse`` validates JSON into them with
 pydantic in strict mode: wrong types, unknown keys and non-finite numbers are refused, and the
-first problem becomes one ``VitDeployError`` line naming the file and the field. Range checks
-that involve several fields stay in each dataclass's ``validate()``, which ``parse`` calls.
+first problem becomes one ``VitDeployError`` line naming the file and the field. Ranges of one
+field are ``Annotated[..., pydantic.Field(ge=..., le=...)]`` on the field; checks that involve
+several fields stay in each dataclass's ``validate()``, which ``parse`` calls. ``validated`` checks
+a dataclass built in code (from command-line flags) the same way, naming the flag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +61,23 @@ def parse(cls: type[T], source: str | bytes | Any, where: str) -> T:
         raise VitDeployError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
+def validated(value: T, name: Callable[[str], str] = str) -> T:
+    """A settings dataclass built in code (e.g. from command-line flags), checked against its schema
+    like parsed JSON, then by its ``validate()`` if it has one. ``name`` turns a field's path into
+    what the user wrote, e.g. ``--max-drop`` for ``max_drop``."""
+    try:
+        pydantic.TypeAdapter(type(value)).validate_json(json.dumps(dataclasses.asdict(value)))
+    except pydantic.ValidationError as exc:
+        raise VitDeployError(describe(exc, name)) from None
+    validate = getattr(value, "validate", None)
+    return validate() if callable(validate) else value
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a settings field: ``max_drop`` → ``--max-drop``."""
+    return "--" + field.replace("_", "-")
+
+
 def read_json_bytes(path: Path) -> bytes:
     """A JSON file's bytes, refused in one line when it cannot be read or is larger than
     ``MAX_JSON_BYTES`` (read no further than that: /dev/zero is not read to the end)."""
@@ -70,11 +91,12 @@ def read_json_bytes(path: Path) -> bytes:
     return data
 
 
-def describe(exc: pydantic.ValidationError) -> str:
-    """The first error of ``exc`` as 'field.path: message', with a count of the rest."""
+def describe(exc: pydantic.ValidationError, name: Callable[[str], str] = str) -> str:
+    """The first error of ``exc`` as 'field.path: message' (the path passed through ``name``), with a
+    count of the rest."""
     errors = exc.errors(include_url=False)
     first = errors[0]
-    location = ".".join(str(part) for part in first["loc"])
+    location = name(".".join(str(part) for part in first["loc"])) if first["loc"] else ""
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     if first["type"] == "json_invalid":
         return f"not valid JSON: {first['msg']}{more}"

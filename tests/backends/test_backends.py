@@ -10,8 +10,8 @@ import torch
 
 from tests.conftest import tiny_model, tiny_spec
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
-from vitdeploy.backends.base import SPARSITY_UNKNOWN
-from vitdeploy.backends.cache import CACHE_ENV, EngineCache, cache_key, default_cache_root, file_sha256
+from vitdeploy.backends._base import SPARSITY_UNKNOWN
+from vitdeploy.backends._cache import CACHE_ENV, EngineCache, cache_key, default_cache_root, file_sha256
 from vitdeploy.backends.onnxruntime import OnnxRuntimeBackend
 from vitdeploy.backends.torch import TorchBackend, check_two_four
 from vitdeploy.bench.harness import TimingPlan, random_batch, time_engine

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from vitdeploy.backends import tensorrt as trt_backend
-from vitdeploy.backends.base import BuildConfig, ModelSource
-from vitdeploy.backends.cache import EngineCache
+from vitdeploy.backends._base import BuildConfig, ModelSource
+from vitdeploy.backends._cache import EngineCache
 from vitdeploy.errors import VitDeployError
 
 VERSION = "10.8.0.43"

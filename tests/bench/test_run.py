@@ -1,5 +1,6 @@
 """``vitdeploy bench``: real runs on ONNX Runtime CPU (no speed assertions) and its user errors."""
 
+import argparse
 import json
 
 import pytest
@@ -8,7 +9,8 @@ from tests.conftest import tiny_model, tiny_spec
 from tests.conftest import run_cli
 from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.bench.harness import TimingPlan
-from vitdeploy.bench.run import bench_sources, parse_batches, sparse_weights_for
+from vitdeploy.bench.run import bench_sources, sparse_weights_for
+from vitdeploy.cli._options import batch_list, whole_number_list
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.models.checkpoint import save_artifact
@@ -65,10 +67,13 @@ def test_a_registered_name_exports_on_first_use(tmp_path):
     assert source.torch_model().spec.name == "fmnist_vit"
 
 
-def test_parse_batches():
-    assert parse_batches("1, 8,32") == (1, 8, 32)
-    with pytest.raises(VitDeployError):
-        parse_batches("")
+def test_whole_number_lists_are_checked_against_their_range():
+    assert batch_list("1, 8,32") == (1, 8, 32)
+    for bad in ("", "0,8", "8,x", "1,٨"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            batch_list(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="client counts must be in 1..4"):
+        whole_number_list(1, 4, "client counts")("2,5")
 
 
 SHIPPED_TABLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "latency_tables" / "amd-epyc-onnxruntime-fp32.json"

@@ -164,6 +164,20 @@ def tiny_onnx(name: str = "g.onnx") -> Setup:
     return build
 
 
+def unsigned_int8_onnx(name: str = "q.onnx") -> Setup:
+    """A Q/DQ graph quantized the way ONNX Runtime's x86 kernels prefer: uint8 with a zero point of 128."""
+    def build(w: Path, assets) -> None:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 32, 32])
+        scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [0.05])
+        zero_point = helper.make_tensor("zero_point", TensorProto.UINT8, [], [128])
+        nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"], name="quantize"),
+                 helper.make_node("DequantizeLinear", ["q", "scale", "zero_point"], ["y"], name="dequantize")]
+        graph = helper.make_graph(nodes, "g", [x], [y], initializer=[scale, zero_point])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), w / name)
+    return build
+
+
 def image_folder(root: str, classes: int, image: bytes | None = None) -> Setup:
     """``root/test/<class>/0.png`` for each class; ``image`` replaces the valid PNG."""
     def build(w: Path, assets) -> None:
@@ -286,6 +300,14 @@ CASES = [
     Case("prune-eval-limit-zero", "option", f"{PRUNE} --eval fashion-mnist --eval-limit 0", (model(),)),
     Case("export-opset-out-of-range", "option", "export m --out x.onnx --opset 99", (model(),)),
     Case("bench-batch-huge", "option", "bench m --batch 1000000000", (model(),)),
+    Case("quantize-max-drop-nan", "option", "quantize m --calib fashion-mnist --out q.onnx --max-drop nan", (model(),)),
+    Case("quantize-max-drop-negative", "option", "quantize m --calib fashion-mnist --out q.onnx --max-drop -1",
+         (model(),)),
+    Case("quantize-calib-batch-larger-than-the-images", "option",
+         "quantize m --calib fashion-mnist --out q.onnx --calib-images 8 --calib-batch 16", (model(),)),
+    Case("quantize-unknown-part", "option", "quantize m --calib fashion-mnist --out q.onnx --parts linear,softmax",
+         (model(),)),
+    Case("quantize-out-not-onnx", "output", "quantize m --calib fashion-mnist --out q.txt", (model(),)),
     Case("bench-batch-arabic-digit", "option", "bench m --batch 1,٨", (model(),)),
     Case("bench-threads-huge", "option", "bench m --threads 100000000", (model(),)),
     Case("bench-iters-zero", "option", "bench m --iters 0", (model(),)),
@@ -537,6 +559,10 @@ CASES = [
     Case("eval-data-more-classes-than-the-head", "data", "eval m --data d --no-onnx", (model(), image_folder("d", 6))),
     Case("eval-data-unknown-split", "data", "eval m --data d --split bogus --no-onnx",
          (model(), image_folder("d", 5))),
+    Case("quantize-calib-fewer-images-than-a-batch", "data", "quantize m --calib d --resize --out q.onnx",
+         (model(), jpeg_folder("d"))),
+    Case("quantize-calib-missing", "data", "quantize m --calib nodata --out q.onnx", (model(),)),
+    Case("bench-unsigned-int8-for-tensorrt", "onnx", "bench q.onnx --backend tensorrt", (unsigned_int8_onnx(),)),
     Case("prune-calib-missing", "data", "prune star m --out o --calib nodata --target-flops 0.7", (model(),)),
     Case("export-parity-data-missing", "data", "export m --out x.onnx --parity-data nodata", (model(),)),
     Case("train-data-missing", "data", "train --data nodata --out o --limit 8 --epochs 1"),

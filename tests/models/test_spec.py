@@ -2,7 +2,7 @@ import pytest
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
-from vitdeploy.models.zoo import get_spec, model_names
+from vitdeploy.models.zoo import ARCHITECTURES, get_spec
 from tests.conftest import tiny_spec
 
 
@@ -63,7 +63,7 @@ def test_unpruned_specs_record_their_attention_scale():
 
 
 def test_every_registered_spec_is_valid():
-    for name in model_names():
+    for name in ARCHITECTURES.names():
         assert get_spec(name).validate().name == name
 
 

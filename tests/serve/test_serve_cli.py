@@ -112,7 +112,10 @@ def test_serve_answers_like_onnx_runtime_then_stops_cleanly_on_a_signal(tiny_onn
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = main(args)
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 

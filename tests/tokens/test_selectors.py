@@ -1,8 +1,6 @@
 """Token selectors: each is one module that the spec, the model and the FLOPs count hand off to,
 so a new selector works end to end (validation, forward, MACs, checked ONNX export)."""
 
-import sys
-
 import pytest
 import torch
 
@@ -14,10 +12,9 @@ from vitdeploy.models.token_plan import with_spec
 from vitdeploy.tokens import selectors
 
 NORM_SELECTOR = '''
-from vitdeploy.tokens.selectors import TokenSelector, register
+from vitdeploy.tokens.selectors import TokenSelector
 
 
-@register
 class TokenNorm(TokenSelector):
     name = "norm_for_test"
 
@@ -30,20 +27,13 @@ class TokenNorm(TokenSelector):
 
 
 @pytest.fixture
-def norm_selector(tmp_path, monkeypatch):
-    folder = tmp_path / "selectors"
-    folder.mkdir()
-    (folder / "norm_for_test.py").write_text(NORM_SELECTOR)
-    monkeypatch.setattr(selectors, "__path__", [*selectors.__path__, str(folder)])
-    selectors._load_all.cache_clear()
-    yield
-    selectors._REGISTRY.pop("norm_for_test", None)
-    sys.modules.pop("vitdeploy.tokens.selectors.norm_for_test", None)
-    selectors._load_all.cache_clear()
+def norm_selector(install_plugin):
+    """A selector from an installed third-party package."""
+    install_plugin({"norm_plugin.py": NORM_SELECTOR}, {"vitdeploy.token_selectors": {"norm_for_test": "norm_plugin:TokenNorm"}})
 
 
 def test_the_shipped_selectors_are_registered():
-    assert {"fixed", "cls_attn", "star", "spvit"} <= set(selectors.selector_names())
+    assert {"fixed", "cls_attn", "star", "spvit"} <= set(selectors.SELECTORS.names())
 
 
 def test_a_new_selector_module_works_in_spec_model_flops_and_export(norm_selector, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitdeploy.backends.base import BuildConfig, ModelSource
+from vitdeploy.backends._base import BuildConfig, ModelSource
 from vitdeploy.export.ort_session import CPU_PROVIDER, open_session
 from vitdeploy.hardware import device_name
 from vitdeploy.errors import VitDeployError

@@ -53,8 +53,8 @@ from typing import Any
 
 import numpy as np
 
-from vitdeploy.backends.base import PRUNE_24_HINT, SPARSITY_UNKNOWN, BuildConfig, ModelSource
-from vitdeploy.backends.cache import EngineCache, cache_key, file_sha256
+from vitdeploy.backends._base import PRUNE_24_HINT, SPARSITY_UNKNOWN, BuildConfig, ModelSource
+from vitdeploy.backends._cache import EngineCache, cache_key, file_sha256
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_bytes_atomic
 

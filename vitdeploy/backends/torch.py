@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitdeploy.backends.base import PRUNE_24_HINT, BuildConfig, ModelSource
+from vitdeploy.backends._base import PRUNE_24_HINT, BuildConfig, ModelSource
 from vitdeploy.hardware import device_name
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.sparse24 import require_24_weight

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from vitdeploy.backends.base import Engine
+from vitdeploy.backends import Engine
 from vitdeploy.errors import VitDeployError
 from vitdeploy.schema import schema
 

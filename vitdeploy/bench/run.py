@@ -9,7 +9,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vitdeploy.backends import BuildConfig, ModelSource, get_backend
-from vitdeploy.backends.base import MAX_BATCH
 from vitdeploy.bench.harness import Measurement, TimingPlan, random_batch, time_interleaved
 from vitdeploy.bench.report import BenchResult
 from vitdeploy.errors import VitDeployError
@@ -19,15 +18,6 @@ SPARSITY_CHOICES = ("auto", "none", "2:4")
 """``--sparsity``: 2:4 kernels where the spec records 2:4 and the build can run them, never, or always."""
 SPARSE_BACKENDS = ("torch", "tensorrt")
 """Backends with 2:4 sparse kernels (ONNX Runtime has none)."""
-
-
-def parse_batches(text: str, flag: str = "--batch", what: str = "batch sizes",
-                  most: int = MAX_BATCH) -> tuple[int, ...]:
-    """'1,8,32' → (1, 8, 32), each in 1..``most``; ``flag`` and ``what`` name the option and its values."""
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isascii() and part.isdigit() and 1 <= int(part) <= most for part in parts):
-        raise VitDeployError(f"{flag} {text!r}: give comma-separated {what} in 1..{most}, e.g. 1,8,32")
-    return tuple(int(part) for part in parts)
 
 
 def sparse_weights_for(source: ModelSource, sparsity: str, backend_name: str, config: BuildConfig) -> bool:
@@ -67,6 +57,8 @@ def bench_sources(sources: dict[str, ModelSource], backend_name: str, config: Bu
     config.validate()
     plan.validate()
     backend = get_backend(backend_name, require_available=False)
+    for source in sources.values():
+        source.require_runnable(backend.export_target)
     if not backend.available(config.device):
         raise VitDeployError(f"backend {backend_name} is not available here: "
                              f"{backend.unavailable_reason(config.device)}")

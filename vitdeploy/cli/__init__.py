@@ -1,7 +1,8 @@
 """The ``vitdeploy`` command line: one module per command, each with a ``register(subparsers)``.
 
-A command is added by dropping a module into this package; modules starting with ``_`` are
-helpers. Command modules import their library code inside the run functions, so ``--help``
+A command is added by dropping a module into this package (modules starting with ``_`` are
+helpers), or by an installed package's entry point in the group ``vitdeploy.commands`` naming its
+``register`` function. Command modules import their library code inside the run functions, so ``--help``
 stays fast. User errors (``VitDeployError``) print one line on stderr and exit with code 2;
 so do the OS's refusals to read or write a named file and running out of memory. SIGINT and
 SIGTERM unwind the command (its ``finally`` blocks remove temporaries), print
@@ -12,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
-import pkgutil
 import signal
 import sys
 import typing
@@ -22,8 +21,13 @@ import typing
 from vitdeploy.cli._common import print_notes
 from vitdeploy.cli._runtime import runtime_session
 from vitdeploy.errors import VitDeployError
+from vitdeploy.registry import Registry
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+COMMANDS: Registry[typing.Callable] = Registry("command", group="vitdeploy.commands", package=__name__,
+                                               attribute="register")
+"""Each command module's ``register(subparsers)``, by module name."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -111,12 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "and PyTorch.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineErrorParser)
-    for module in command_modules():
-        module.register(sub)
+    for register in COMMANDS.items().values():
+        register(sub)
     return parser
-
-
-def command_modules() -> list:
-    """Every command module of this package, in name order."""
-    names = sorted(info.name for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_"))
-    return [importlib.import_module(f"{__name__}.{name}") for name in names]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import types
 import typing
 from typing import Any
 
 
-from vitdeploy.backends.base import MAX_BATCH, MAX_THREADS
+from vitdeploy.backends import MAX_BATCH, MAX_THREADS
 
 MAX_DIGITS = 18
 """Longer whole numbers are refused before conversion (no option needs one above 10¹⁸)."""
@@ -70,12 +71,19 @@ threads_count = whole_number_in(1, MAX_THREADS)
 batch_size = whole_number_in(1, MAX_BATCH)
 
 
-def batch_list(text: str) -> tuple[int, ...]:
-    """'1,8,32' → (1, 8, 32), each a batch size in 1..MAX_BATCH."""
-    batches = int_list(text)
-    if min(batches) < 1 or max(batches) > MAX_BATCH:
-        raise argparse.ArgumentTypeError(f"{text!r}: batch sizes must be in 1..{MAX_BATCH}")
-    return batches
+def whole_number_list(low: int, high: int, what: str):
+    """An option type: '1,8,32' → (1, 8, 32), each in ``low..high``; ``what`` names the values in errors."""
+    def parse(text: str) -> tuple[int, ...]:
+        values = int_list(text)
+        if min(values) < low or max(values) > high:
+            raise argparse.ArgumentTypeError(f"{text!r}: {what} must be in {low}..{high}")
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
+batch_list = whole_number_list(1, MAX_BATCH, "batch sizes")
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -83,6 +91,14 @@ def int_list(text: str) -> tuple[int, ...]:
     if not parts or not all(part.isascii() and part.isdigit() and len(part) <= MAX_DIGITS for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated whole numbers such as 3,6,9")
     return tuple(int(part) for part in parts)
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """'a, b' → ('a', 'b')."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated names")
+    return names
 
 
 def add_config_options(parser: argparse.ArgumentParser, config: type, helps: dict[str, str],
@@ -119,8 +135,8 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def _parser_for(hint: Any):
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    base = args[0]
-    if typing.get_origin(base) is tuple:
-        return int_list
-    return {float: finite_float, int: whole_number}.get(base, str)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return name_list if typing.get_args(hint)[0] is str else int_list
+    return {float: finite_float, int: whole_number}.get(hint, str)

@@ -10,7 +10,7 @@ from vitdeploy.cli._options import batch_list, non_empty, threads_count, whole_n
 
 
 def register(sub) -> None:
-    from vitdeploy.backends.base import DEVICES, PRECISIONS
+    from vitdeploy.backends import BACKENDS, DEVICES, PRECISIONS
     from vitdeploy.bench.harness import MAX_ROUNDS, MAX_RUNS, TimingPlan
     from vitdeploy.bench.run import SPARSITY_CHOICES
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
                                    "ratios to the first model. Writes OUT.json, OUT.md and OUT.png.")
     p.add_argument("models", nargs="+", metavar="MODEL", help=MODEL_HELP + ", or an exported .onnx file")
     checkpoint_arguments(p)
-    p.add_argument("--backend", default="onnxruntime", help="onnxruntime, torch or tensorrt (default: %(default)s)")
+    p.add_argument("--backend", default="onnxruntime", help=f"{', '.join(BACKENDS.names())} (default: %(default)s)")
     p.add_argument("--batch", type=batch_list, default="1,8", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--device", choices=DEVICES, help="default: cuda for tensorrt, else cpu")

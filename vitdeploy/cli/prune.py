@@ -10,7 +10,7 @@ from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, command_line
 from vitdeploy.cli._options import add_config_options, config_values, non_empty, positive_int, threads_count
 from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 from vitdeploy.errors import VitDeployError
-from vitdeploy.prune.registry import PruneContext, PruneMethod, all_methods
+from vitdeploy.prune.registry import METHODS, PruneContext, PruneMethod
 
 EXAMPLES = """\
 examples:
@@ -22,7 +22,7 @@ examples:
 
 
 def register(sub) -> None:
-    methods = all_methods()
+    methods = METHODS.items()
     p = sub.add_parser("prune", help="prune a ViT: token plans, NViT structural, 2:4, SPViT selectors",
                        description="Prune MODEL with METHOD and save the result as a model directory (spec.json + "
                                    "weights.safetensors) with prune.json beside it. `vitdeploy prune METHOD --help` "

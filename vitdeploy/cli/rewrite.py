@@ -8,7 +8,7 @@ from vitdeploy.cli._options import non_empty
 
 def register(sub) -> None:
     from vitdeploy.export.config import TARGETS
-    from vitdeploy.export.rules import available_rules
+    from vitdeploy.export.rules import RULES
 
     p = sub.add_parser("rewrite", help="fix an ONNX graph from elsewhere: rewrite rules (e.g. argsort+slice → TopK(k)), "
                                        "fold constants",
@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="whose operator allowlist the audit enforces (default: %(default)s)")
     p.add_argument("--rules", metavar="NAME,...", type=lambda text: text.split(","),
                    help="comma-separated rewrite rules to apply (default: all): "
-                        + "; ".join(f"{name}: {rule.description}" for name, rule in available_rules().items()))
+                        + "; ".join(f"{name}: {rule.description}" for name, rule in RULES.items().items()))
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.set_defaults(run=_run_rewrite)
 

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from vitdeploy.cli._common import MODEL_HELP, checkpoint_arguments, load_model_refs
-from vitdeploy.cli._options import batch_size, float_in, non_empty, threads_count, whole_number_in
+from vitdeploy.cli._options import (
+    batch_list, batch_size, float_in, non_empty, threads_count, whole_number_in, whole_number_list,
+)
 
 MODELS_HELP = MODEL_HELP + ", or an exported .onnx file"
 MAX_QUEUE_DELAY_US = 60_000_000
@@ -55,8 +57,8 @@ def _add_batching_arguments(p: argparse.ArgumentParser, max_batch: int, delay_us
 
 
 def _add_serve(sub) -> None:
-    from vitdeploy.backends import backend_names
-    from vitdeploy.backends.base import DEVICES, PRECISIONS
+    from vitdeploy.backends import BACKENDS
+    from vitdeploy.backends import DEVICES, PRECISIONS
     from vitdeploy.serve.triton import ServeConfig
 
     d = ServeConfig()
@@ -67,7 +69,7 @@ def _add_serve(sub) -> None:
                        epilog=SERVE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", metavar="MODEL", help=MODELS_HELP)
     checkpoint_arguments(p)
-    p.add_argument("--backend", choices=backend_names(), default=d.backend, help="engine (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS.names(), default=d.backend, help="engine (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, help="default: cuda for tensorrt, else cpu")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--threads", type=threads_count, default=d.threads,
@@ -111,7 +113,7 @@ def _print_ready(models, config) -> None:
 
 
 def _add_triton_repo(sub) -> None:
-    from vitdeploy.backends.base import DEVICES
+    from vitdeploy.backends import DEVICES
     from vitdeploy.serve.repository import ORT_TENSORRT_PRECISIONS, RepoConfig, served_backends
 
     d = RepoConfig()
@@ -129,7 +131,8 @@ def _add_triton_repo(sub) -> None:
                         "(default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, help="instance kind (default: cuda for tensorrt, else cpu)")
     _add_batching_arguments(p, d.max_batch, d.max_queue_delay_us)
-    p.add_argument("--preferred-batch", default="", help="comma-separated preferred batch sizes (default: none)")
+    p.add_argument("--preferred-batch", type=batch_list, default=(),
+                   help="comma-separated preferred batch sizes (default: none)")
     p.add_argument("--ort-tensorrt", choices=ORT_TENSORRT_PRECISIONS,
                    help="with --target onnxruntime on cuda: run through ONNX Runtime's TensorRT execution "
                         "accelerator at this precision")
@@ -138,12 +141,10 @@ def _add_triton_repo(sub) -> None:
 
 
 def _run_triton_repo(args) -> None:
-    from vitdeploy.bench.run import parse_batches
     from vitdeploy.serve.repository import RepoConfig, write_repository
 
-    preferred = parse_batches(args.preferred_batch, "--preferred-batch") if args.preferred_batch else ()
     config = RepoConfig(target=args.target, device=args.device or _default_device(args.target),
-                        max_batch=args.max_batch, preferred_batch=preferred,
+                        max_batch=args.max_batch, preferred_batch=args.preferred_batch,
                         max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                         ort_tensorrt=args.ort_tensorrt).validate()
     loaded = load_model_refs(args, args.models)
@@ -157,7 +158,7 @@ def _run_triton_repo(args) -> None:
 
 
 def _add_loadtest(sub) -> None:
-    from vitdeploy.serve.loadtest import LoadPlan
+    from vitdeploy.serve.loadtest import MAX_CONCURRENCY, LoadPlan
 
     d = LoadPlan()
     p = sub.add_parser("loadtest", help="closed-loop load test of a Triton server on this machine",
@@ -170,7 +171,8 @@ def _add_loadtest(sub) -> None:
     p.add_argument("url", metavar="URL", help="grpc://HOST:PORT, http://HOST:PORT or HOST:PORT (gRPC)")
     p.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="Triton model name; repeat to test several, one after the other")
-    p.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts (default: %(default)s)")
+    p.add_argument("--concurrency", type=whole_number_list(1, MAX_CONCURRENCY, "client counts"), default="1,8,32",
+                   help="comma-separated client counts (default: %(default)s)")
     p.add_argument("--duration", type=float_in(0, 3600, low_open=True), default=d.duration_s,
                    help="timed seconds per level (default: %(default)s)")
     p.add_argument("--warmup", type=float_in(0, 3600), default=d.warmup_s,
@@ -189,15 +191,14 @@ def _add_loadtest(sub) -> None:
 
 
 def _run_loadtest(args) -> None:
-    from vitdeploy.bench.run import parse_batches
     from vitdeploy.io import check_output_files
-    from vitdeploy.serve.loadtest import MAX_CONCURRENCY, LoadPlan, parse_endpoint, run_loadtest
+    from vitdeploy.serve.loadtest import LoadPlan, parse_endpoint, run_loadtest
     from vitdeploy.serve.report import load_result, markdown_report, write_load_result
 
     endpoint = parse_endpoint(args.url, args.metrics_url)
     if args.out is not None:
         check_output_files(*(args.out + suffix for suffix in (".json", ".md", ".png")))
-    plan = LoadPlan(concurrency=parse_batches(args.concurrency, "--concurrency", "client counts", MAX_CONCURRENCY),
+    plan = LoadPlan(concurrency=args.concurrency,
                     duration_s=args.duration, max_requests=args.max_requests, batch=args.batch,
                     warmup_s=args.warmup, request_timeout_s=args.timeout).validate()
     rows = run_loadtest(endpoint, args.model, plan)

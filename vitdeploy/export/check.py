@@ -80,15 +80,25 @@ def model_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def op_counts(nodes) -> dict[str, int]:
+    """Nodes by op type, ``domain:op`` for ops outside the standard domain; ``nodes`` are ONNX
+    ``NodeProto``s (e.g. ``model.graph.node``) or an ``onnx_ir`` graph."""
+    return dict(Counter(op if domain in ("", "ai.onnx") else f"{domain}:{op}"
+                        for domain, op in ((node.domain, node.op_type) for node in nodes)))
+
+
 def audit(model: onnx.ModelProto, target: str) -> AuditReport:
-    """Op audit: every op in the target's allowlist, and no TopK that is really a sort."""
+    """Op audit: every op in the target's allowlist, no TopK that is really a sort, Q/DQ the target runs."""
     opset = model_opset(model)
     allowed, contrib = allowed_ops(target, opset), allowed_contrib_ops(target)
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = _value_shapes(inferred.graph)
     constants = _constant_values(inferred.graph)
     nodes = list(_all_nodes(inferred.graph))
-    report = AuditReport(target, opset, dict(Counter(n.op_type for n in nodes)), [])
+    report = AuditReport(target, opset, op_counts(nodes), [])
     for node in nodes:
         if node.domain not in ("", "ai.onnx"):
             if (node.domain, node.op_type) not in contrib:
@@ -100,7 +110,17 @@ def audit(model: onnx.ModelProto, target: str) -> AuditReport:
             info = _topk_info(node, shapes, constants)
             report.topk.append(info)
             report.violations.extend(_topk_violations(info, target))
+    report.violations.extend(qdq_violations(inferred, target, constants))
     return report
+
+
+def qdq_violations(model: onnx.ModelProto, target: str, constants: dict | None = None) -> list[str]:
+    """Why ``target`` cannot run the model's Q/DQ nodes (none for ONNX Runtime, which runs every form)."""
+    if target != "tensorrt":
+        return []
+    constants = _constant_values(model.graph) if constants is None else constants
+    return [problem for node in _all_nodes(model.graph) if node.op_type in QDQ_OPS
+            for problem in _tensorrt_qdq_violations(node, constants)]
 
 
 def parity(
@@ -180,6 +200,19 @@ def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
                 if attr.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(attr.t)
     return values
+
+
+def _tensorrt_qdq_violations(node: onnx.NodeProto, constants: dict) -> list[str]:
+    """TensorRT parses only symmetric, signed INT8 Q/DQ: every zero point a constant int8 zero
+    (onnx-tensorrt asserts "TRT only supports symmetric quantization - zeroPt must be all zeros")."""
+    zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if zero_point is None:
+        missing = len(node.input) > 2 and node.input[2]
+        return [f"{node.op_type} {node.name}: its zero point is not a constant"] if missing else []
+    if zero_point.dtype != np.int8 or np.any(zero_point != 0):
+        return [f"{node.op_type} {node.name}: TensorRT runs only symmetric INT8 quantization (zero point 0, "
+                f"int8), this one is {zero_point.dtype} with zero points {sorted(set(zero_point.ravel().tolist()))[:3]}"]
+    return []
 
 
 def _topk_info(node: onnx.NodeProto, shapes: dict, constants: dict) -> TopKInfo:

@@ -29,7 +29,6 @@ MultiHeadAttention about 2×), so neither is applied.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,8 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 from onnxscript.rewriter import pattern
+
+from vitdeploy.export import check
 
 #: First opset whose torch export writes GELU as the ONNX ``Gelu`` op.
 ONNX_GELU_OPSET = 20
@@ -108,7 +109,9 @@ class TokenGatherFirst(pattern.RewriteRuleClassBase):
         attributes = {name: attr.value for name, attr in node.attributes.items()}
         if self.op_type == "LayerNormalization":
             attributes["axis"] = -1
-        return getattr(op, self.op_type)(*inputs, **attributes)
+        moved = getattr(op, self.op_type)(*inputs, **attributes)
+        moved.producer().metadata_props.update(node.metadata_props)  # its module scope (read by quantize)
+        return moved
 
 
 def _token_role(op_type: str, position: int, value: ir.Value, tokens) -> str | None:
@@ -159,7 +162,7 @@ class FusionReport:
 def fuse(path: str | Path, target: str, opset: int) -> FusionReport:
     """Rewrite the model at ``path`` in place for ``target``."""
     model = ir.load(str(path))
-    report = FusionReport({}, _ir_op_counts(model))
+    report = FusionReport({}, check.op_counts(model.graph))
     ir_passes.ShapeInferencePass()(model)  # the rules' checks read shapes that torch leaves unknown
     report.passes = {name: rules.apply_to_model(model) for name, rules in STANDARD_RULES.items()}
     report.passes["token_gather_first"] = _gather_first(model)
@@ -183,19 +186,6 @@ def _gather_first(model: ir.Model) -> int:
         total += moved
         ir_passes.CommonSubexpressionEliminationPass()(model)
     return total
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Nodes of the main graph by op type (``domain:op`` for ops outside the standard domain)."""
-    return dict(Counter(_op_name(n.domain, n.op_type) for n in model.graph.node))
-
-
-def _ir_op_counts(model: ir.Model) -> dict[str, int]:
-    return dict(Counter(_op_name(n.domain, n.op_type) for n in model.graph))
-
-
-def _op_name(domain: str, op_type: str) -> str:
-    return op_type if domain in ("", "ai.onnx") else f"{domain}:{op_type}"
 
 
 def _dims(value: ir.Value) -> list | None:

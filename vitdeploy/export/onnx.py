@@ -101,7 +101,7 @@ def _check_export(path: Path, model: ViT, config: ExportConfig,
     written = onnx.load(str(path))
     if check.model_opset(written) != config.opset:
         raise RuntimeError(f"asked the exporter for opset {config.opset}, got {check.model_opset(written)}")
-    fusion.written = fuse.op_counts(written)
+    fusion.written = check.op_counts(written.graph.node)
     audit = check.audit(written, config.target)
     if not audit.passed:
         raise VitDeployError("op audit failed: " + "; ".join(audit.violations))
@@ -110,7 +110,7 @@ def _check_export(path: Path, model: ViT, config: ExportConfig,
         parity = check.parity(path, torch_reference(model), input_shape(model), config.parity_batches,
                               config.parity_atol, images=_parity_images(model, config),
                               images_name=f"{config.parity_data} test images", optimized_model_path=optimized)
-        fusion.onnxruntime = fuse.op_counts(onnx.load(str(optimized)))
+        fusion.onnxruntime = check.op_counts(onnx.load(str(optimized)).graph.node)
     if not parity.passed:
         raise VitDeployError(f"parity check failed: ONNX Runtime differs from PyTorch by "
                              f"{parity.max_abs_diff:.2e} > {config.parity_atol:.0e}{_parity_hint(model, config)}")

@@ -9,7 +9,6 @@ once the outputs match.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import onnx_graphsurgeon as gs
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.allowlists import allowed_ops
+from vitdeploy.export import check
 from vitdeploy.export.check import AuditReport, audit, model_opset, ort_session
-from vitdeploy.export.rules import RewriteRule, select_rules
+from vitdeploy.export.rules import RULES, RewriteRule
 from vitdeploy.io import atomic_paths, finite_json
 
 #: Batch sizes of the before/after parity check (neither is the usual export batch of 2).
@@ -109,7 +109,7 @@ def rewrite_onnx(
     cannot be read, when its inputs cannot be generated, when the rewritten graph fails the
     ONNX checker, or when its outputs differ from the original's.
     """
-    rules = select_rules(rule_names)
+    rules = list(RULES.items().values()) if rule_names is None else [RULES.get(n) for n in dict.fromkeys(rule_names)]
     in_path, out_path = Path(in_path), Path(out_path)
     original = load_onnx(in_path)
     allowed_ops(target, model_opset(original))  # fail early on an unknown target
@@ -132,7 +132,8 @@ def rewrite_onnx(
             )
         report = RewriteReport(
             str(in_path), str(out_path), target, [rule.name for rule in rules], applied, skipped,
-            _op_counts(original), _op_counts(rewritten), audit_report, parity_report,
+            check.op_counts(original.graph.node), check.op_counts(rewritten.graph.node), audit_report,
+            parity_report,
         )
         report_tmp.write_text(finite_json(report.to_dict(), str(report_path(out_path))))
     return report
@@ -303,7 +304,3 @@ def _compare_outputs(
             elif not np.array_equal(want, got):
                 mismatched.add(name)
     return OutputParity(list(PARITY_BATCH_SIZES), worst, atol, sorted(mismatched))
-
-
-def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    return dict(Counter(node.op_type for node in model.graph.node))

@@ -384,7 +384,7 @@ class LatencyTable:
 def _check_ranges(file: _TableFile) -> None:
     """Counts within what a machine runs (batch, threads, reference heads) and a calibration that
     keeps predictions finite, and the stem's geometry."""
-    from vitdeploy.backends.base import MAX_BATCH, MAX_THREADS
+    from vitdeploy.backends import MAX_BATCH, MAX_THREADS
 
     counts = {"metadata.batch": (file.metadata.batch, MAX_BATCH),
               "metadata.threads": (file.metadata.threads or 1, MAX_THREADS),

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import ViTSpec, uniform_blocks
+from vitdeploy.registry import Registry
 
-_REGISTRY: dict[str, Callable[[], ViTSpec]] = {}
+ARCHITECTURES: Registry[Callable[[], ViTSpec]] = Registry("architecture", group="vitdeploy.architectures")
+"""Named spec factories; installed packages add theirs through the entry-point group."""
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 REFERENCE_MODEL = "fmnist_vit"
 
 
-def register_model(fn: Callable[[], ViTSpec]) -> Callable[[], ViTSpec]:
-    _REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def get_spec(name: str) -> ViTSpec:
-    if name not in _REGISTRY:
-        raise VitDeployError(f"unknown model name {name!r}; known names: {', '.join(model_names())}")
-    return _REGISTRY[name]()
+    return ARCHITECTURES.get(name)()
 
 
 def _imagenet_vit(name: str, embed_dim: int, heads: int, distilled: bool = False, **kwargs) -> ViTSpec:
@@ -35,42 +25,42 @@ def _imagenet_vit(name: str, embed_dim: int, heads: int, distilled: bool = False
     )
 
 
-@register_model
+@ARCHITECTURES.register
 def deit_tiny_patch16_224() -> ViTSpec:
     return _imagenet_vit("deit_tiny_patch16_224", 192, 3)
 
 
-@register_model
+@ARCHITECTURES.register
 def deit_small_patch16_224() -> ViTSpec:
     return _imagenet_vit("deit_small_patch16_224", 384, 6)
 
 
-@register_model
+@ARCHITECTURES.register
 def deit_base_patch16_224() -> ViTSpec:
     return _imagenet_vit("deit_base_patch16_224", 768, 12)
 
 
-@register_model
+@ARCHITECTURES.register
 def deit_tiny_distilled_patch16_224() -> ViTSpec:
     return _imagenet_vit("deit_tiny_distilled_patch16_224", 192, 3, distilled=True)
 
 
-@register_model
+@ARCHITECTURES.register
 def deit_small_distilled_patch16_224() -> ViTSpec:
     return _imagenet_vit("deit_small_distilled_patch16_224", 384, 6, distilled=True)
 
 
-@register_model
+@ARCHITECTURES.register
 def deit_base_distilled_patch16_224() -> ViTSpec:
     return _imagenet_vit("deit_base_distilled_patch16_224", 768, 12, distilled=True)
 
 
-@register_model
+@ARCHITECTURES.register
 def vit_base_patch16_224() -> ViTSpec:
     return _imagenet_vit("vit_base_patch16_224", 768, 12, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
-@register_model
+@ARCHITECTURES.register
 def fmnist_vit() -> ViTSpec:
     """The Fashion-MNIST reference model: 28×28 input, 4×4 patches → 49 patch tokens + class."""
     return ViTSpec(

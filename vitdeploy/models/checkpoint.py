@@ -362,10 +362,10 @@ def _parse_norm(values: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _registered(arch: str | None) -> ViTSpec | None:
     """The registered spec of ``arch`` (a timm name, with or without a ``.tag``), if there is one."""
-    from vitdeploy.models.architectures import get_spec, model_names
+    from vitdeploy.models.architectures import ARCHITECTURES, get_spec
 
     name = (arch or "").split(".")[0]
-    return get_spec(name) if name in model_names() else None
+    return get_spec(name) if name in ARCHITECTURES.names() else None
 
 
 def _heads(embed_dim: int, config: CheckpointConfig, assumptions: list[str]) -> int:

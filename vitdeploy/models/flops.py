@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vitdeploy.models.spec import BlockSpec, ViTSpec
-from vitdeploy.tokens.selectors import get_selector
+from vitdeploy.tokens.selectors import SELECTORS
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _token_score_macs(spec: ViTSpec, block: BlockSpec, n: int, patches: int) -> 
     """Scoring the patch tokens of a step (the selector says how: class-attention row, SPViT, ...)."""
     if not block.tokens.active:
         return 0
-    return get_selector(block.tokens.selector).score_macs(spec, block, n, patches)
+    return SELECTORS.get(block.tokens.selector).score_macs(spec, block, n, patches)
 
 
 def patch_embed_macs(spec: ViTSpec) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.schema import parse, schema
-from vitdeploy.tokens.selectors import STEP_FIELDS, get_selector, selector_names
+from vitdeploy.tokens.selectors import SELECTORS, STEP_FIELDS
 
 NO_SELECTOR = "none"
 """A block whose tokens all survive; every other selector name is registered in
@@ -72,7 +72,7 @@ class TokenStep:
     @property
     def scored(self) -> bool:
         """True when the step ranks tokens by a score (everything but constant positions)."""
-        return self.active and get_selector(self.selector).scored
+        return self.active and SELECTORS.get(self.selector).scored
 
     @property
     def adaptive(self) -> bool:
@@ -174,7 +174,7 @@ class ViTSpec:
     @property
     def tracks_patch_positions(self) -> bool:
         """True when a step needs each token's original patch position (STAR's offline scores)."""
-        return any(b.tokens.active and get_selector(b.tokens.selector).tracks_positions for b in self.blocks)
+        return any(b.tokens.active and SELECTORS.get(b.tokens.selector).tracks_positions for b in self.blocks)
 
     def parameter_count(self) -> int:
         """Weights and biases of the Linear/Conv layers (norms, tokens and selectors left out)."""
@@ -277,13 +277,13 @@ def _validate_block(spec: ViTSpec, block: BlockSpec, index: int, n_in: int) -> N
                  f"block {index}: a token selector or package token needs a keep count")
         return
     _require(step.selector != NO_SELECTOR, f"block {index}: keep={step.keep} needs a token selector")
-    selector = get_selector(step.selector)
+    selector = SELECTORS.get(step.selector)
     _require(_is_count(step.keep) and 1 <= step.keep < n_in,
              f"block {index}: keep={step.keep} must be a whole number in 1..{n_in - 1} (fewer than the "
              f"{n_in} patch tokens entering it)")
     for name in STEP_FIELDS:
         if name not in selector.fields and getattr(step, name) is not None:
-            owners = [s for s in selector_names() if name in get_selector(s).fields]
+            owners = [s for s in SELECTORS.names() if name in SELECTORS.get(s).fields]
             _require(False, f"block {index}: fields like {name} belong to the {' / '.join(owners)} selector, "
                           f"not {step.selector}")
     _require(step.package_mode in PACKAGE_MODES,

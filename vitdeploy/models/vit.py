@@ -16,7 +16,7 @@ from torch import nn
 
 from vitdeploy.models.spec import SELECTION_METHODS, BlockSpec, ViTSpec
 from vitdeploy.tokens import select
-from vitdeploy.tokens.selectors import get_selector
+from vitdeploy.tokens.selectors import SELECTORS
 
 
 class PatchEmbed(nn.Module):
@@ -100,7 +100,7 @@ class Block(nn.Module):
         self.patch_tokens_in = patch_tokens_in
         self.selector = None
         """The step's learned module, for selectors that have one (SPViT)."""
-        self.token_selector = get_selector(self.step.selector) if self.step.active else None
+        self.token_selector = SELECTORS.get(self.step.selector) if self.step.active else None
         if self.token_selector is not None:
             self.token_selector.attach(self, self.step, block, spec)
 

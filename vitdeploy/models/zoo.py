@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.models.architectures import get_spec, model_names
+from vitdeploy.models.architectures import ARCHITECTURES, get_spec
 from vitdeploy.models.vit import ViT
 
 def shipped_weights_dir(name: str) -> Path | None:
@@ -53,12 +53,12 @@ def load_model(ref: str, arch: str | None = None, model_args: dict | None = None
             raise VitDeployError(f"{ref}: unsupported file type {path.suffix!r}; "
                                  f"expected one of {', '.join(CHECKPOINT_SUFFIXES)} or a model directory")
         return load_timm_checkpoint(path, get_spec(arch) if arch else None, model_args)
-    if ref in model_names():
+    if ref in ARCHITECTURES.names():
         return create_model(ref)
     if path.suffix or "/" in ref:
         raise VitDeployError(f"{ref}: no such file or directory")
     raise VitDeployError(f"unknown model {ref!r}: not a file, a model directory or a registered name "
-                         f"({', '.join(model_names())})")
+                         f"({', '.join(ARCHITECTURES.names())})")
 
 
 def _load_directory(path: Path, arch: str | None, model_args: dict) -> ViT:

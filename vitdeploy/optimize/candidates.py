@@ -67,14 +67,14 @@ class Candidate:
 
     def to_dict(self) -> dict:
         from vitdeploy.models.flops import total_macs
-        from vitdeploy.prune.registry import get_method
+        from vitdeploy.prune.registry import METHODS
         from vitdeploy.prune.structural import dims_summary
 
         tokens = None
         if self.token_report is not None:
             tokens = {k: self.token_report[k] for k in ("method", "keep", "patch_tokens_entering")
                       if k in self.token_report}
-            knobs = get_method(self.token_report["method"]).knobs
+            knobs = METHODS.get(self.token_report["method"]).knobs
             tokens["knob"] = {k: self.token_report[k] for k in knobs if k in self.token_report and k not in tokens}
         return {"name": self.name, "kind": self.kind, "structure_ratio": self.structure_ratio, "tokens": tokens,
                 "measurements": [asdict(m) for m in self.measurements], "proxies": self.proxies,

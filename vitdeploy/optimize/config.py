@@ -97,9 +97,9 @@ class OptimizeConfig:
 
     @staticmethod
     def _require_token_method(method: str) -> None:
-        from vitdeploy.prune.registry import all_methods
+        from vitdeploy.prune.registry import METHODS
 
-        choices = sorted(name for name, m in all_methods().items() if m.plan is not None and m.static)
+        choices = sorted(name for name, m in METHODS.items().items() if m.plan is not None and m.static)
         if method not in choices:
             raise VitDeployError(f"unknown token method {method!r} (--tokens, --alone): "
                                  f"choose from {', '.join(choices)}")

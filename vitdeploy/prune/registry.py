@@ -1,5 +1,6 @@
 """The pruning-method registry: every method is one module in ``vitdeploy.prune.methods`` that
-registers a ``PruneMethod``.
+registers a ``PruneMethod`` with ``METHODS.register``; installed packages add methods through the
+entry-point group ``vitdeploy.prune_methods``.
 
 A method names its settings dataclass and which of its fields the command line offers (with
 their help); ``vitdeploy prune <method>`` builds its options from them. The registry stays light
@@ -8,13 +9,11 @@ their help); ``vitdeploy prune <method>`` builds its options from them. The regi
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitdeploy.errors import VitDeployError
+from vitdeploy.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -78,27 +77,5 @@ class PruneMethod:
         return self.run(model, config, context)
 
 
-_METHODS: dict[str, PruneMethod] = {}
-
-
-def register(method: PruneMethod) -> PruneMethod:
-    if method.name in _METHODS:
-        raise ValueError(f"pruning method {method.name!r} is registered twice")
-    _METHODS[method.name] = method
-    return method
-
-
-def all_methods() -> dict[str, PruneMethod]:
-    """Every registered method, by name (importing every module in ``vitdeploy.prune.methods``)."""
-    from vitdeploy.prune import methods
-
-    for info in pkgutil.iter_modules(methods.__path__):
-        importlib.import_module(f"{methods.__name__}.{info.name}")
-    return dict(sorted(_METHODS.items()))
-
-
-def get_method(name: str) -> PruneMethod:
-    known = all_methods()
-    if name not in known:
-        raise VitDeployError(f"unknown pruning method {name!r}: choose one of {', '.join(known)}")
-    return known[name]
+METHODS: Registry[PruneMethod] = Registry("pruning method", group="vitdeploy.prune_methods",
+                                         package="vitdeploy.prune.methods")

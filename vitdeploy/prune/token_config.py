@@ -47,9 +47,9 @@ class TokenPruneConfig:
     seed: int = 0
 
     def validate(self) -> "TokenPruneConfig":
-        from vitdeploy.prune.registry import all_methods
+        from vitdeploy.prune.registry import METHODS
 
-        token_methods = {name: m for name, m in all_methods().items() if m.plan is not None}
+        token_methods = {name: m for name, m in METHODS.items().items() if m.plan is not None}
         if self.method not in token_methods:
             raise VitDeployError(f"unknown token method {self.method!r}: choose one of {', '.join(token_methods)}")
         knobs = token_methods[self.method].knobs

@@ -26,7 +26,7 @@ from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
 from vitdeploy.prune.calibrate import require_dense_tokens
 from vitdeploy.prune.costs import CostTarget, flops_target, latency_target
-from vitdeploy.prune.registry import get_method
+from vitdeploy.prune.registry import METHODS
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.models.token_plan import with_spec
 
@@ -41,10 +41,10 @@ def prune_tokens(model: ViT, config: TokenPruneConfig, calib_images: torch.Tenso
     """
     config.validate()
     require_dense_tokens(model)
-    if calib_images is None and get_method(config.method).data is not None:
+    if calib_images is None and METHODS.get(config.method).data is not None:
         raise VitDeployError(f"{config.method} calibrates on data: give --calib DATA")
     started = time.perf_counter()
-    spec, details = get_method(config.method).plan(model, config, calib_images, progress)
+    spec, details = METHODS.get(config.method).plan(model, config, calib_images, progress)
     pruned = with_spec(model, spec)
     report = {"method": config.method, "config": asdict(config),
               "calibration_seconds": round(time.perf_counter() - started, 2), **details,

@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vitdeploy.backends import BuildConfig, ModelSource, backend_names, get_backend
+from vitdeploy.backends import BACKENDS, BuildConfig, ModelSource, get_backend
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_dir, check_output_dir, write_bytes_atomic
 from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, model_names
@@ -64,7 +64,7 @@ class RepoConfig:
 
 def served_backends() -> dict[str, tuple[str, str]]:
     """Backend name → (Triton platform, model file) for every backend whose engines Triton serves."""
-    backends = (get_backend(name, require_available=False) for name in backend_names())
+    backends = (get_backend(name, require_available=False) for name in BACKENDS.names())
     return {backend.name: backend.triton for backend in backends if backend.triton is not None}
 
 
@@ -198,7 +198,7 @@ def check_config(message, graph) -> None:
 
 def tensorrt_plan(source: ModelSource, config: RepoConfig) -> bytes:
     """A serialized TensorRT engine for ``source``, from vitdeploy's TensorRT backend with a throwaway cache."""
-    from vitdeploy.backends.cache import ENGINE_SUFFIX, EngineCache
+    from vitdeploy.backends import ENGINE_SUFFIX, EngineCache
     from vitdeploy.backends.tensorrt import TensorRTBackend
 
     with tempfile.TemporaryDirectory(prefix="vitdeploy-plan-") as cache_dir:

@@ -1,24 +1,20 @@
-"""The rule registry: a module dropped into vitdeploy.export.rules registers; rules are selected by name."""
+"""The rule registry: installed packages add rules through an entry point; rules are selected by name."""
 
 from __future__ import annotations
-
-import sys
 
 import onnx
 import pytest
 
 from vitdeploy.cli import main
 from vitdeploy.errors import VitDeployError
-from vitdeploy.export import rules
 from vitdeploy.export.rewrite import rewrite_onnx
-from vitdeploy.export.rules import RewriteRule, available_rules, register, select_rules
+from vitdeploy.export.rules import RULES, RewriteRule
 
 EXTRA_RULE = "mark_topk"
 EXTRA_RULE_SOURCE = '''
-from vitdeploy.export.rules import Match, RewriteRule, register
+from vitdeploy.export.rules import Match, RewriteRule
 
 
-@register
 class MarkTopK(RewriteRule):
     name = "mark_topk"
     description = "reports every TopK, changes nothing"
@@ -35,17 +31,10 @@ class MarkTopK(RewriteRule):
 
 
 @pytest.fixture
-def extra_rule(tmp_path, monkeypatch):
-    """A rule module in a folder added to the rules package's path, as if dropped into the package."""
-    folder = tmp_path / "extra_rules"
-    folder.mkdir()
-    (folder / f"{EXTRA_RULE}.py").write_text(EXTRA_RULE_SOURCE)
-    monkeypatch.setattr(rules, "__path__", [*rules.__path__, str(folder)])
-    monkeypatch.setattr(rules, "_REGISTRY", dict(rules._REGISTRY))
-    yield EXTRA_RULE
-    sys.modules.pop(f"{rules.__name__}.{EXTRA_RULE}", None)
-    if hasattr(rules, EXTRA_RULE):
-        delattr(rules, EXTRA_RULE)
+def extra_rule(install_plugin):
+    """A rule from an installed third-party package."""
+    install_plugin({"mark_plugin.py": EXTRA_RULE_SOURCE}, {"vitdeploy.rewrite_rules": {EXTRA_RULE: "mark_plugin:MarkTopK"}})
+    return EXTRA_RULE
 
 
 def _save(model: onnx.ModelProto, path) -> str:
@@ -53,10 +42,9 @@ def _save(model: onnx.ModelProto, path) -> str:
     return str(path)
 
 
-def test_a_module_dropped_into_the_package_registers(extra_rule):
-    assert extra_rule not in rules._REGISTRY  # the premise: nothing imported it yet
-    assert list(available_rules()) == ["argsort_slice_to_topk", extra_rule]
-    assert [rule.name for rule in select_rules()] == ["argsort_slice_to_topk", extra_rule]
+def test_an_installed_rule_registers(extra_rule):
+    assert list(RULES.items()) == ["argsort_slice_to_topk", extra_rule]
+    assert isinstance(RULES.get(extra_rule), RewriteRule)
 
 
 def test_only_the_selected_rules_run(extra_rule, topk_slice_model, tmp_path):
@@ -67,26 +55,17 @@ def test_only_the_selected_rules_run(extra_rule, topk_slice_model, tmp_path):
     assert not report.audit.passed  # argsort_slice_to_topk did not run, so the full sort stays
 
 
-def test_selection_keeps_the_given_order_without_repeats(extra_rule):
+def test_selection_keeps_the_given_order_without_repeats(extra_rule, topk_slice_model, tmp_path):
+    src = _save(topk_slice_model([[5]]), tmp_path / "in.onnx")
     names = [extra_rule, "argsort_slice_to_topk", extra_rule]
-    assert [rule.name for rule in select_rules(names)] == [extra_rule, "argsort_slice_to_topk"]
+    assert rewrite_onnx(src, tmp_path / "out.onnx", rule_names=names).rules == [extra_rule, "argsort_slice_to_topk"]
 
 
-def test_two_rules_with_one_name_are_refused(monkeypatch):
-    monkeypatch.setattr(rules, "_REGISTRY", dict(rules._REGISTRY))
-
-    class Again(RewriteRule):
-        name = "argsort_slice_to_topk"
-        description = "a second rule under a taken name"
-        match = check = apply = None
-
-    with pytest.raises(ValueError, match="two rewrite rules are named 'argsort_slice_to_topk'"):
-        register(Again)
-
-
-def test_unknown_rule_name_is_a_user_error():
-    with pytest.raises(VitDeployError, match="unknown rewrite rule\\(s\\) 'nope'; available: argsort_slice_to_topk"):
-        select_rules(["argsort_slice_to_topk", "nope"])
+def test_unknown_rule_name_is_a_user_error(topk_slice_model, tmp_path):
+    src = _save(topk_slice_model([[5]]), tmp_path / "in.onnx")
+    with pytest.raises(VitDeployError, match="unknown rewrite rule 'nope'; choose one of argsort_slice_to_topk"):
+        rewrite_onnx(src, tmp_path / "out.onnx", rule_names=["argsort_slice_to_topk", "nope"])
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_cli_unknown_rule_is_one_line_and_writes_nothing(topk_slice_model, tmp_path, capsys):
@@ -94,7 +73,7 @@ def test_cli_unknown_rule_is_one_line_and_writes_nothing(topk_slice_model, tmp_p
     out = tmp_path / "out.onnx"
     assert main(["rewrite", src, "--out", str(out), "--rules", "argsort_slice_to_topk,nope"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("vitdeploy: error: unknown rewrite rule(s) 'nope'") and err.count("\n") == 1
+    assert err.startswith("vitdeploy: error: unknown rewrite rule 'nope'") and err.count("\n") == 1
     assert not out.exists()
 
 

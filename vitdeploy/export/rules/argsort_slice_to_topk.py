@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from vitdeploy.export.rules import Match, RewriteRule, register
+from vitdeploy.export.rules import RULES, Match, RewriteRule
 
 
 class _NotRewritable(Exception):
@@ -42,7 +42,7 @@ class _Plan:
     slices_by_output: dict[int, list[gs.Node]]  # TopK output index -> the Slices of it
 
 
-@register
+@RULES.register
 class ArgsortSliceToTopK(RewriteRule):
     name = "argsort_slice_to_topk"
     description = "a full-length TopK (argsort) whose outputs are only sliced to the first k becomes TopK(k)"

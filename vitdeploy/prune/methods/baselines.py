@@ -14,7 +14,7 @@ from __future__ import annotations
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import phase_blocks
 from vitdeploy.prune.methods._tokens import run_token_method
-from vitdeploy.prune.registry import PruneMethod, register
+from vitdeploy.prune.registry import METHODS, PruneMethod
 from vitdeploy.prune.summaries import prune_summary
 from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
 
@@ -83,7 +83,7 @@ def baseline_spec(spec, config: TokenPruneConfig, plan: dict):
 
 
 def _baseline(name: str, help: str, description: str, extra: dict[str, str]) -> PruneMethod:
-    return register(PruneMethod(
+    return METHODS.register(PruneMethod(
         name=name, help=help, description=description + " Give --target-flops, --target-latency-ms with --lut, --rate or --keep.",
         config=TokenPruneConfig, options={**OPTIONS, **extra}, run=run_token_method, summary=prune_summary,
         fixed={"method": name}, knobs=("rate", "keep"), plan=plan_baseline))

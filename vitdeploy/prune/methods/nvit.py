@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.prune.nvit_config import CRITERIA, NViTConfig
-from vitdeploy.prune.registry import DataOption, PruneMethod, register
+from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
 from vitdeploy.prune.summaries import nvit_summary
 
 TRAIN_DATA = DataOption("--calib", "fine-tuning and importance data (its train split): fashion-mnist or an "
@@ -31,7 +31,7 @@ def run(model, config: NViTConfig, context):
     return pruned, report
 
 
-register(PruneMethod(
+METHODS.register(PruneMethod(
     name="nvit", help="NViT global structural pruning, compacted to a dense model",
     description=__doc__.replace("\n", " ") + " Give --target-flops or --target-latency-ms with --lut.",
     config=NViTConfig,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vitdeploy.prune.methods._tokens import CALIB, run_token_method
-from vitdeploy.prune.registry import PruneMethod, register
+from vitdeploy.prune.registry import METHODS, PruneMethod
 from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
 from vitdeploy.prune.summaries import prune_summary
 
@@ -28,7 +28,7 @@ def plan_patch_slimming(model, config: TokenPruneConfig, images, progress: bool)
     return spec, {"epsilon": eps}
 
 
-register(PruneMethod(
+METHODS.register(PruneMethod(
     name="patch-slimming", help="top-down fixed-position pyramid (constant Gathers, no TopK)",
     description="Patch Slimming (Tang et al.): the last block keeps only the class token; going down, each block "
                 "keeps every patch the next one keeps and adds patches by significance until the class token's "

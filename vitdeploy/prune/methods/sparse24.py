@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from vitdeploy.errors import VitDeployError
 from vitdeploy.schema import schema
 from vitdeploy.prune.nvit_config import NViTConfig
-from vitdeploy.prune.registry import DataOption, PruneMethod, register
+from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
 from vitdeploy.prune.summaries import sparse24_summary
 
 _NVIT = NViTConfig()
@@ -48,7 +48,7 @@ def run(model, config: Sparse24Config, context):
                                   config.train_config(), context.eval_data, progress=context.progress)
 
 
-register(PruneMethod(
+METHODS.register(PruneMethod(
     name="sparse24", help="2:4 magnitude sparsity on every block Linear (dims multiples of 16)",
     description=__doc__.replace("\n", " "),
     config=Sparse24Config,

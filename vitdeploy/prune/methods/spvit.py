@@ -6,7 +6,7 @@ Checkpoints go to OUT.spvit-work/ and a run resumes from them."""
 from __future__ import annotations
 
 from vitdeploy.models.spec import PACKAGE_MODES
-from vitdeploy.prune.registry import DataOption, PruneMethod, register
+from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
 from vitdeploy.prune.spvit_config import SPViTConfig
 from vitdeploy.prune.summaries import spvit_summary
 
@@ -27,7 +27,7 @@ def run(model, config: SPViTConfig, context):
     return pruned, report
 
 
-register(PruneMethod(
+METHODS.register(PruneMethod(
     name="spvit", help="SPViT learned multi-head token selectors, trained (static top-k at export)",
     description=__doc__.replace("\n", " "),
     config=SPViTConfig,

@@ -4,7 +4,7 @@ relevance (gradient × attention rollouts) per patch position, with ACS-derived 
 from __future__ import annotations
 
 from vitdeploy.prune.methods._tokens import CALIB, run_token_method
-from vitdeploy.prune.registry import PruneMethod, register
+from vitdeploy.prune.registry import METHODS, PruneMethod
 from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
 from vitdeploy.prune.summaries import prune_summary
 
@@ -35,7 +35,7 @@ def plan_star(model, config: TokenPruneConfig, images, progress: bool):
     return spec, {"rho": rho, "keep_rates": star.keep_rates(stats.acs, rho), "star": stats.to_dict()}
 
 
-register(PruneMethod(
+METHODS.register(PruneMethod(
     name="star", help="class attention fused with offline relevance, ACS keep rates (static counts)",
     description="STAR (Zhang et al.): ranks patch tokens by S_intra^α · S_inter^(1−α), the class token's "
                 "attention fused with offline per-position relevance; keep rates from the layers' average "
@@ -43,7 +43,7 @@ register(PruneMethod(
     config=TokenPruneConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
     fixed={"method": "star"}, knobs=("rho",), plan=plan_star))
 
-register(PruneMethod(
+METHODS.register(PruneMethod(
     name="a-star", help="STAR with input-dependent counts (PyTorch evaluation only, never exported)",
     description="a-STAR: each image keeps the fewest tokens whose fused scores reach the step's rate, so the "
                 "count depends on the input. Not a static graph: `vitdeploy export --as-static-star` exports "

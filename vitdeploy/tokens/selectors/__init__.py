@@ -1,6 +1,7 @@
 """Token selectors: how a block's token step chooses the patch tokens that survive.
 
-Each selector is one module in this package that registers a ``TokenSelector``: which
+Each selector is one module in this package that registers a ``TokenSelector`` class with
+``@SELECTORS.register`` (installed packages use the entry-point group ``vitdeploy.token_selectors``): which
 ``TokenStep`` fields it owns and how it validates them, the state it adds to a block (buffers or
 a module), how it scores patch tokens, and what the scoring costs in MACs. The spec, the model
 and the FLOPs count hand off to it, so a new selector is one file plus its test. Modules import
@@ -9,11 +10,7 @@ torch only inside their methods: the spec layer validates without it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from functools import cache
-
-from vitdeploy.errors import VitDeployError
+from vitdeploy.registry import Registry
 
 STEP_FIELDS = ("positions", "alpha", "inter_scores", "adaptive_rate", "selector_heads")
 """``TokenStep`` fields that belong to one selector each (None unless that selector is used)."""
@@ -55,29 +52,5 @@ class TokenSelector:
         return block_spec.heads * tokens * block_spec.qk_dim if self.scored else 0
 
 
-_REGISTRY: dict[str, TokenSelector] = {}
-
-
-def register(selector_class: type[TokenSelector]) -> type[TokenSelector]:
-    if selector_class.name in _REGISTRY:
-        raise ValueError(f"token selector {selector_class.name!r} is registered twice")
-    _REGISTRY[selector_class.name] = selector_class()
-    return selector_class
-
-
-@cache
-def _load_all() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
-
-
-def selector_names() -> tuple[str, ...]:
-    _load_all()
-    return tuple(sorted(_REGISTRY))
-
-
-def get_selector(name: str) -> TokenSelector:
-    _load_all()
-    if name not in _REGISTRY:
-        raise VitDeployError(f"unknown token selector {name!r}; choose one of {', '.join(selector_names())}")
-    return _REGISTRY[name]
+SELECTORS: Registry[TokenSelector] = Registry("token selector", group="vitdeploy.token_selectors",
+                                              package=__name__, instances=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from vitdeploy.tokens.selectors import TokenSelector, register
+from vitdeploy.tokens.selectors import SELECTORS, TokenSelector
 
 
-@register
+@SELECTORS.register
 class ClassAttention(TokenSelector):
     name = "cls_attn"
     needs_cls_attention = True

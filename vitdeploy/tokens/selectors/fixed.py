@@ -4,10 +4,10 @@ a Gather with constant indices, no scores."""
 from __future__ import annotations
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.tokens.selectors import TokenSelector, register
+from vitdeploy.tokens.selectors import SELECTORS, TokenSelector
 
 
-@register
+@SELECTORS.register
 class FixedPositions(TokenSelector):
     name = "fixed"
     scored = False

@@ -4,10 +4,10 @@ package token weighs dropped tokens by T itself."""
 from __future__ import annotations
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.tokens.selectors import TokenSelector, register
+from vitdeploy.tokens.selectors import SELECTORS, TokenSelector
 
 
-@register
+@SELECTORS.register
 class SPViT(TokenSelector):
     name = "spvit"
     fields = ("selector_heads",)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.tokens.selectors import TokenSelector, register
+from vitdeploy.tokens.selectors import SELECTORS, TokenSelector
 
 
-@register
+@SELECTORS.register
 class Star(TokenSelector):
     name = "star"
     needs_cls_attention = True

@@ -116,6 +116,21 @@ class ModelSource:
             self._exports[target] = path
         return self._exports[target]
 
+    def require_runnable(self, target: str) -> None:
+        """Refuse a given .onnx whose quantization ``target`` cannot run (e.g. an ONNX Runtime INT8 graph,
+        with unsigned zero points, handed to TensorRT); exports are audited for their target already."""
+        if self._onnx is None:
+            return
+        import onnx
+
+        from vitdeploy.export.check import qdq_violations
+
+        problems = qdq_violations(onnx.load(str(self._onnx)), target)
+        if problems:
+            more = f" (and {len(problems) - 1} more nodes)" if len(problems) > 1 else ""
+            raise VitDeployError(f"{self._onnx}: {problems[0]}{more}; quantize for it with "
+                                 f"`vitdeploy quantize --target {target}`")
+
     def sparsity(self) -> str | None:
         """The spec's ``sparsity`` ("2:4" or None), or ``SPARSITY_UNKNOWN`` for a bare .onnx."""
         if self._model is None and self.ref.endswith(".onnx"):

@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from vitdeploy.backends.base import BuildConfig
+from vitdeploy.backends._base import BuildConfig
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 

@@ -2,6 +2,8 @@
 subcommand and options from the method's settings dataclass."""
 
 import dataclasses
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,13 +12,13 @@ from tests.conftest import tiny_model
 from vitdeploy.cli import build_parser, main
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.checkpoint import load_artifact, save_artifact
-from vitdeploy.prune import methods, registry
+from vitdeploy.prune import registry
 
 METHOD_MODULE = '''
 from dataclasses import dataclass
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.prune.registry import PruneMethod, register
+from vitdeploy.prune.registry import PruneMethod
 
 
 @dataclass
@@ -39,7 +41,7 @@ def run(model, config, context):
     return apply_keep_plan(model, plan, package=config.package), {"method": "half", "plan": plan}
 
 
-register(PruneMethod(name="half", help="keep a share of the tokens after some blocks",
+METHOD = (PruneMethod(name="half", help="keep a share of the tokens after some blocks",
                      description="A test method.", config=HalfConfig,
                      options={"blocks": "blocks", "rate": "share kept", "package": "package token"},
                      run=run, summary=lambda report, out: f"{report['plan']} -> {out}"))
@@ -47,19 +49,31 @@ register(PruneMethod(name="half", help="keep a share of the tokens after some bl
 
 
 @pytest.fixture
-def half_method(tmp_path, monkeypatch):
-    """A method module dropped into a temporary folder on the methods package's path."""
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "half_for_test.py").write_text(METHOD_MODULE)
-    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
-    yield
-    registry._METHODS.pop("half", None)
-    sys.modules.pop("vitdeploy.prune.methods.half_for_test", None)
+def half_method(install_plugin):
+    """A method from an installed third-party package, found through its entry point."""
+    return install_plugin({"half_plugin/__init__.py": METHOD_MODULE},
+                          {"vitdeploy.prune_methods": {"half": "half_plugin:METHOD"}})
+
+
+def test_an_installed_method_package_is_a_prune_subcommand(half_method, tmp_path):
+    """The whole path a third-party package takes, in a fresh interpreter: ``vitdeploy prune --help``
+    lists it, and ``vitdeploy prune half`` runs it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(half_method), os.environ.get("PYTHONPATH", "")])}
+
+    def vitdeploy(*args):
+        return subprocess.run([sys.executable, "-m", "vitdeploy.cli", *args], capture_output=True, text=True, env=env)
+
+    listing = vitdeploy("prune", "--help")
+    assert listing.returncode == 0 and "keep a share of the tokens after some blocks" in listing.stdout
+    artifact, out = tmp_path / "tiny", tmp_path / "pruned"
+    save_artifact(tiny_model(), artifact)
+    run = vitdeploy("prune", "half", str(artifact), "--out", str(out), "--blocks", "3", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert load_artifact(out).spec.blocks[2].tokens.keep == 8
 
 
 def test_every_shipped_method_is_registered_with_a_working_config():
-    shipped = registry.all_methods()
+    shipped = registry.METHODS.items()
     assert {"patch-slimming", "star", "a-star", "uniform", "cls-attn", "random", "nvit", "sparse24",
             "spvit"} <= set(shipped)
     for method in shipped.values():
@@ -101,10 +115,11 @@ def test_a_new_methods_bad_settings_are_one_line_errors(half_method, tmp_path, c
 
 def test_unknown_methods_are_user_errors():
     with pytest.raises(VitDeployError, match="unknown pruning method 'magic'"):
-        registry.get_method("magic")
+        registry.METHODS.get("magic")
 
 
 def test_a_method_registered_twice_is_refused():
-    star = registry.all_methods()["star"]
-    with pytest.raises(ValueError, match="registered twice"):
-        registry.register(star)
+    star = registry.METHODS.items()["star"]
+    registry.METHODS.register(star)  # the same object again: nothing changes
+    with pytest.raises(ValueError, match="two pruning methods are named 'star'"):
+        registry.METHODS.register(dataclasses.replace(star, help="another"))
