@@ -4,8 +4,9 @@ Settings are plain dataclasses marked ``@schema``; ``parse`` validates JSON into
 pydantic in strict mode: wrong types, unknown keys and non-finite numbers are refused, and the
 first problem becomes one ``VitDeployError`` line naming the file and the field. Ranges of one
 field are ``Annotated[..., pydantic.Field(ge=..., le=...)]`` on the field; checks that involve
-several fields stay in each dataclass's ``validate()``, which ``parse`` calls. ``validated`` checks
-a dataclass built in code (from command-line flags) the same way, naming the flag.
+several fields stay in each dataclass's ``validate()``, which ``parse`` calls and which starts with
+``check_fields(self)`` where the ranges live in the schema. ``validated`` checks a dataclass built
+from command-line flags the same way, naming the flag.
 """
 
 from __future__ import annotations
@@ -61,14 +62,19 @@ def parse(cls: type[T], source: str | bytes | Any, where: str) -> T:
         raise VitDeployError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def validated(value: T, name: Callable[[str], str] = str) -> T:
-    """A settings dataclass built in code (e.g. from command-line flags), checked against its schema
-    like parsed JSON, then by its ``validate()`` if it has one. ``name`` turns a field's path into
-    what the user wrote, e.g. ``--max-drop`` for ``max_drop``."""
+def check_fields(value: Any, name: Callable[[str], str] = str) -> None:
+    """Check a settings dataclass built in code (from flags, or by a library caller) against its
+    schema like parsed JSON: types, one-field ranges, finite numbers. ``name`` turns a field's path
+    into what the user wrote, e.g. ``--max-drop`` for ``max_drop``; by default the field (JSON key)."""
     try:
         pydantic.TypeAdapter(type(value)).validate_json(json.dumps(dataclasses.asdict(value)))
     except pydantic.ValidationError as exc:
         raise VitDeployError(describe(exc, name)) from None
+
+
+def validated(value: T, name: Callable[[str], str] = str) -> T:
+    """``check_fields`` naming fields through ``name``, then the dataclass's own ``validate()``."""
+    check_fields(value, name)
     validate = getattr(value, "validate", None)
     return validate() if callable(validate) else value
 

@@ -30,7 +30,7 @@ def test_sparse24_writes_a_verified_2_4_model(artifact, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["nvit", "--target-flops", "1.5", "--calib", "fashion-mnist"], "--target-flops"),
+    (["nvit", "--target-flops", "1.5", "--calib", "fashion-mnist"], "error: --target-flops: Input should be less than 1"),
     (["nvit", "--target-flops", "0.5"], "--calib"),
     (["nvit", "--target-latency-ms", "3", "--calib", "fashion-mnist"], "--lut"),
 ])

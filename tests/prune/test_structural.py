@@ -229,22 +229,24 @@ def test_pruner_snapshots_at_several_levels_with_the_lut_term():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"target_flops": 1.5}, "between 0 and 1"),
-    ({"target_flops": 0.0}, "between 0 and 1"),
+    ({"target_flops": 1.5}, "target_flops: Input should be less than 1"),
+    ({"target_flops": 0.0}, "target_flops: Input should be greater than 0"),
+    ({"target_flops": float("nan")}, "target_flops: Input should be a finite number"),
     ({"target_flops": None}, "exactly one target"),
     ({"target_latency_ms": 2.0}, "exactly one target"),
-    ({"target_flops": None, "target_latency_ms": -1.0}, "must be positive"),
+    ({"target_flops": None, "target_latency_ms": -1.0}, "target_latency_ms: Input should be greater than 0"),
     ({"criterion": "random"}, "unknown criterion"),
-    ({"prune_step": 0.0}, "--prune-step"),
-    ({"round_to": 0}, "--round-to"),
-    ({"eta": -1.0}, "--eta"),
-    ({"temperature": 0.0}, "--temperature"),
-    ({"finetune_steps": -1}, "cannot be negative"),
-    ({"lr": 0.0}, "--lr"),
+    ({"prune_step": 0.0}, "prune_step: Input should be greater than 0"),
+    ({"round_to": 0}, "round_to: Input should be greater than or equal to 1"),
+    ({"eta": -1.0}, "eta: Input should be greater than or equal to 0"),
+    ({"temperature": 0.0}, "temperature: Input should be greater than 0"),
+    ({"finetune_steps": -1}, "finetune_steps: Input should be greater than or equal to 0"),
+    ({"lr": 0.0}, "lr: Input should be greater than 0"),
 ])
 def test_bad_configs_are_rejected(overrides, message):
-    with pytest.raises(VitDeployError, match=message):
+    with pytest.raises(VitDeployError) as error:
         NViTConfig(**overrides).validate()
+    assert message in str(error.value)
 
 
 def test_an_unreachable_target_is_refused_before_any_work():

@@ -14,8 +14,10 @@ from onnx import numpy_helper
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.check import audit
 from vitdeploy.export.onnx import export_onnx
-from vitdeploy.models.token_plan import apply_keep_plan
+from vitdeploy.models.spec import TokenStep
+from vitdeploy.models.token_plan import with_spec
 from vitdeploy.models.zoo import load_model
+from vitdeploy.prune import spvit
 from vitdeploy.quantize import ptq
 from vitdeploy.quantize.config import PARTS, QuantizeConfig
 from vitdeploy.schema import flag_name, validated
@@ -61,10 +63,20 @@ def test_the_parts_are_the_weight_matmuls_attention_patch_embedding_and_head(tin
     assert not any(weights.keys() & set(nodes[name].input) for name in found["attention"])
 
 
-def test_token_selection_stays_in_float(tiny, tmp_path):
-    """A token plan adds score and selection nodes; none of them joins a part."""
+def class_attention_plan(model):
+    return with_spec(model, model.spec.with_token_plan({2: TokenStep(keep=8, selector="cls_attn")}))
+
+
+def spvit_selectors(model):
+    plan = {2: TokenStep(keep=8, selector="spvit", package=True, package_mode="add")}
+    return spvit.student_from(model, model.spec.with_token_plan(plan), 0).eval()
+
+
+@pytest.mark.parametrize("planned", [class_attention_plan, spvit_selectors], ids=lambda f: f.__name__)
+def test_token_selection_stays_in_float(tiny, tmp_path, planned):
+    """A token plan adds score and selection nodes (SPViT: a selector MLP with weights); none joins a part."""
     plain = ptq.nodes_by_part(exported(tiny, tmp_path), PARTS)
-    planned = ptq.nodes_by_part(exported(apply_keep_plan(tiny, "2:0.5"), tmp_path), PARTS)
+    planned = ptq.nodes_by_part(exported(planned(tiny), tmp_path), PARTS)
     assert {p: len(n) for p, n in planned.items()} == {p: len(n) for p, n in plain.items()}
 
 

@@ -11,6 +11,7 @@ from vitdeploy.cli._options import add_config_options, config_values, non_empty,
 from vitdeploy.cli._runtime import add_runtime_options, pipeline_from
 from vitdeploy.errors import VitDeployError
 from vitdeploy.prune.registry import METHODS, PruneContext, PruneMethod
+from vitdeploy.schema import flag_name
 
 EXAMPLES = """\
 examples:
@@ -59,7 +60,7 @@ def _run(method: PruneMethod, args) -> None:
     from vitdeploy.models.checkpoint import ARTIFACT_FILES
     from vitdeploy.threads import torch_threads
 
-    config = method.make_config(_config_values(method, args))
+    config = method.make_config(_config_values(method, args), flag_name)
     if method.data is not None and method.data.required and not args.data:
         raise VitDeployError(f"{method.name} needs {method.data.flag} DATA: {method.data.help}")
     _refuse_overwriting_input(args.model, args.out)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vitdeploy.registry import Registry
+from vitdeploy.schema import validated
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,10 @@ class PruneMethod:
     defaults: dict[str, Any] = field(default_factory=dict)
     """Command-line defaults that differ from the config's (e.g. no target until one is given)."""
 
-    def make_config(self, values: dict[str, Any]) -> Any:
-        return self.config(**values, **self.fixed).validate()
+    def make_config(self, values: dict[str, Any], name: Callable[[str], str] = str) -> Any:
+        """The method's settings from ``values``, checked; ``name`` says how messages name a field
+        (e.g. ``schema.flag_name`` when the values came from the command line)."""
+        return validated(self.config(**values, **self.fixed), name)
 
     def prune(self, model, config, context: PruneContext) -> tuple[Any, dict]:
         return self.run(model, config, context)

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.schema import schema
+from vitdeploy.schema import check_fields, schema
 
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 """How activation ranges are chosen from the calibration images (ONNX Runtime's calibrators)."""
@@ -42,6 +42,7 @@ class QuantizeConfig:
     def validate(self) -> "QuantizeConfig":
         from vitdeploy.export.config import TARGETS
 
+        check_fields(self)
         if self.target not in TARGETS:
             raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(TARGETS)}")
         if self.calibration not in CALIBRATIONS:

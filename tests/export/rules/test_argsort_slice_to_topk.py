@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
+from vitdeploy.export.check import op_counts
 from vitdeploy.export.rewrite import apply_rules
 from vitdeploy.export.rules.argsort_slice_to_topk import ArgsortSliceToTopK
 
@@ -19,10 +18,6 @@ RULE = ArgsortSliceToTopK()
 
 def _pass_on(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
     return apply_rules(gs.import_onnx(onnx.shape_inference.infer_shapes(model)), [RULE])
-
-
-def _op_counts(model: onnx.ModelProto) -> Counter:
-    return Counter(node.op_type for node in model.graph.node)
 
 
 def _topk_k(model: onnx.ModelProto) -> int:
@@ -44,7 +39,7 @@ def test_rewrite_keeps_the_outputs(topk_slice_model, run_rule, assert_same_outpu
     before = topk_slice_model(ends, axis=axis)
     after, applied, skipped = run_rule(RULE, before)
     assert skipped == [] and [(a["rule"], a["old_k"], a["new_k"]) for a in applied] == [(RULE.name, TOKENS, k)]
-    assert _topk_k(after) == k and "Slice" not in _op_counts(after)
+    assert _topk_k(after) == k and "Slice" not in op_counts(after.graph.node)
     assert_same_outputs(before, after)
 
 
@@ -75,7 +70,7 @@ def test_left_alone_with_its_reason(topk_slice_model, run_rule, options, reason)
     after, applied, skipped = run_rule(RULE, before)
     assert applied == [] and [(s["rule"], s["node"]) for s in skipped] == [(RULE.name, "sort")]
     assert reason in skipped[0]["reason"]
-    assert _op_counts(after) == _op_counts(before)
+    assert op_counts(after.graph.node) == op_counts(before.graph.node)
 
 
 @pytest.mark.parametrize("end", [INT64_MAX, TOKENS, 100])
