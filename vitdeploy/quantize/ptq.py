@@ -44,7 +44,8 @@ PART_SCOPES = {
     "patch-embed": re.compile(r"^patch_embed\.proj$"),
     "head": re.compile(r"^head(_dist)?$"),
 }
-"""The innermost module scope of a node → the part it belongs to (see ``config.PARTS``)."""
+"""A node's module scope (the innermost two: module path, then op) → the part it belongs to (see
+``config.PARTS``)."""
 PART_OPS = {"linear": ("MatMul", "Gemm"), "attention": ("MatMul",), "patch-embed": ("Conv",),
             "head": ("MatMul", "Gemm")}
 
@@ -131,7 +132,8 @@ def nodes_by_part(model: onnx.ModelProto, parts: tuple[str, ...]) -> dict[str, l
     found: dict[str, list[str]] = {part: [] for part in parts}
     for node in model.graph.node:
         part = _part_of(node, parts)
-        if part is not None and (part == "attention") != bool(weights.intersection(node.input[:2])):
+        multiplies_a_weight = bool(weights.intersection(node.input[:2]))
+        if part is not None and multiplies_a_weight == (part != "attention"):  # attention: two activations
             found[part].append(node.name)
     if not any(found.values()):
         raise VitDeployError(f"nothing to quantize: the model has no {', '.join(parts)} nodes")
