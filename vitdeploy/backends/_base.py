@@ -119,11 +119,11 @@ class ModelSource:
     def require_runnable(self, target: str) -> None:
         """Refuse a given .onnx whose quantization ``target`` cannot run (e.g. an ONNX Runtime INT8 graph,
         with unsigned zero points, handed to TensorRT); exports are audited for their target already."""
-        if self._onnx is None:
-            return
-        import onnx
+        from vitdeploy.export.check import qdq_violations, restricts_qdq
 
-        from vitdeploy.export.check import qdq_violations
+        if self._onnx is None or not restricts_qdq(target):
+            return  # no need to read the file
+        import onnx
 
         problems = qdq_violations(onnx.load(str(self._onnx)), target)
         if problems:

@@ -114,9 +114,14 @@ def audit(model: onnx.ModelProto, target: str) -> AuditReport:
     return report
 
 
+def restricts_qdq(target: str) -> bool:
+    """Whether ``target`` runs only some forms of Q/DQ (TensorRT); ONNX Runtime runs every form."""
+    return target == "tensorrt"
+
+
 def qdq_violations(model: onnx.ModelProto, target: str, constants: dict | None = None) -> list[str]:
-    """Why ``target`` cannot run the model's Q/DQ nodes (none for ONNX Runtime, which runs every form)."""
-    if target != "tensorrt":
+    """Why ``target`` cannot run the model's Q/DQ nodes."""
+    if not restricts_qdq(target):
         return []
     constants = _constant_values(model.graph) if constants is None else constants
     return [problem for node in _all_nodes(model.graph) if node.op_type in QDQ_OPS
