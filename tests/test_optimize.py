@@ -5,14 +5,16 @@ of parts) so that what the optimiser does with them can be checked exactly; the 
 is tested in tests/bench."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import pytest
 
 from tests.conftest import run_cli, tiny_model, tiny_spec
 from tests.lut.synthetic import table_for_this_machine
 from vitdeploy.errors import VitDeployError
-from vitdeploy.lut.table import LatencyTable, predict, save_table
+from vitdeploy.lut.table import PART_AXES, LatencyTable, predict, save_table
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.optimize import OptimizeConfig, optimize
 
@@ -24,14 +26,17 @@ DRIFT = 1.1
 
 class SimulatedMachine:
     """Measures every model at DRIFT × (the raw prediction (sum of parts) of ``table`` + ``overhead_ms``);
-    the first ``slow_results`` final checks (a model named "result") measure ``slow_factor`` × that."""
+    the first ``slow_results`` final checks (a model named "result") measure ``slow_factor`` × that.
+    Models measured for an INT8 table are predicted by ``int8`` instead."""
 
-    def __init__(self, table: LatencyTable, overhead_ms: float = 0.0, slow_results: int = 0, slow_factor: float = 1.0):
-        self.table, self.overhead_ms = table, overhead_ms
+    def __init__(self, table: LatencyTable, overhead_ms: float = 0.0, slow_results: int = 0, slow_factor: float = 1.0,
+                 int8: LatencyTable | None = None):
+        self.tables, self.overhead_ms = {"fp32": table, "int8": int8}, overhead_ms
         self.slow_results, self.slow_factor = slow_results, slow_factor
 
     def measure_models(self, models, metadata, plan=None, progress=False):
-        times = {name: DRIFT * (predict(self.table, model.spec)["raw_ms"] + self.overhead_ms)
+        table = self.tables["int8" if metadata.precision == "int8" else "fp32"]
+        times = {name: DRIFT * (predict(table, model.spec)["raw_ms"] + self.overhead_ms)
                  for name, model in models.items()}
         if "result" in times and self.slow_results > 0:
             self.slow_results -= 1
@@ -216,3 +221,70 @@ def test_token_latency_target_is_drift_corrected_and_checked_against_a_measureme
     assert latency["target_ratio"] == pytest.approx(0.8, rel=1e-3)
     assert 0.6 < latency["measured_ratio"] <= 0.8 * (1 + 1e-3)
     assert report["config"]["lut"] == lut
+
+
+# --- INT8 candidates ----------------------------------------------------------------------------------
+
+INT8_SPEEDUP = 1.5
+
+
+def int8_of(table: LatencyTable) -> LatencyTable:
+    """``table`` as an INT8 table whose every part runs INT8_SPEEDUP× faster."""
+    parts = {name: replace(table.part(name), ms=table.part(name).ms / INT8_SPEEDUP) for name in PART_AXES}
+    return replace(table, metadata=replace(table.metadata, precision="int8"), **parts)
+
+
+@pytest.fixture
+def int8_setup(tmp_path, monkeypatch):
+    """The tiny model with an fp32 and an INT8 table, and a proxy that ranks larger models higher, so
+    that an INT8 candidate (larger for the same budget) wins the race."""
+    from vitdeploy.models.flops import total_macs
+    from vitdeploy.optimize import run
+
+    model = tiny_model(tiny_spec(num_classes=10))
+    table = table_for_this_machine(model.spec)
+    simulate(monkeypatch, table, int8=int8_of(table))
+    save_table(table, tmp_path / "fp32.json")
+    save_table(int8_of(table), tmp_path / "int8.json")
+    monkeypatch.setattr(run._Data, "proxy_top1", lambda self, candidate: total_macs(candidate.spec) / 1e9)
+    lut = {"lut": str(tmp_path / "fp32.json"), "int8_lut": str(tmp_path / "int8.json")}
+    return model, config(budget_ratio=0.5, search="nvit", precisions="fp32,int8", max_drop=100.0, **lut)
+
+
+def test_int8_candidates_are_measured_against_their_own_unpruned_model_and_an_int8_pick_is_written_quantized(
+        int8_setup, tmp_path):
+    model, settings = int8_setup
+    result = optimize(model, settings, tmp_path / "out", progress=False)
+    candidates = {c["precision"]: c for c in result["candidates"]}
+    assert set(candidates) == {"fp32", "int8"} and candidates["int8"]["name"].startswith("int8 ")
+    assert result["budget_ratios"]["int8"] == pytest.approx(0.5 * INT8_SPEEDUP, rel=1e-3)
+    assert all(c["budget_share"] <= 1.01 for c in candidates.values())
+    assert candidates["int8"]["structure_ratio"] > candidates["fp32"]["structure_ratio"]
+    assert result["chosen"] == candidates["int8"]["name"]
+    final = result["final"]
+    assert final["precision"] == "int8" and final["within_budget"] and final["export"]["audit_passed"]
+    assert final["top1"]["optimized"] == final["int8"]["accuracy"]["int8_top1"]
+    assert final["latency"]["target_ratio"] == pytest.approx(0.5 * INT8_SPEEDUP, rel=1e-3)
+    out = tmp_path / "out"
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and (out / "model.quantize.json").is_file()
+    assert not (out / "model.export.json").exists() and (out / "latency_table.int8.json").is_file()
+    assert "INT8 Q/DQ (onnxruntime)" in (out / "optimize.md").read_text()
+
+
+def test_an_int8_pick_that_loses_too_much_accuracy_gives_way_to_the_next_candidate(int8_setup, tmp_path,
+                                                                                   monkeypatch):
+    import vitdeploy.quantize.ptq as ptq
+
+    def refuse(*args, **kwargs):
+        raise VitDeployError("INT8 loses 5.00 top-1 points")
+
+    monkeypatch.setattr(ptq, "quantize_model", refuse)
+    model, settings = int8_setup
+    result = optimize(model, settings, tmp_path / "out", progress=False)
+    refused, kept = result["final"]["attempts"]
+    assert refused["candidate"].startswith("int8 ") and "5.00 top-1 points" in refused["refused"]
+    assert result["chosen"] == kept["candidate"] and result["final"]["precision"] == "fp32" and kept["within_budget"]
+    out = tmp_path / "out"
+    assert (out / "model.export.json").is_file() and not (out / "model.quantize.json").exists()
+    assert "refused: INT8 loses" in (out / "optimize.md").read_text()

@@ -1,14 +1,18 @@
 """The optimiser's search rules without models: successive halving's rounds, the measured
 correction of a candidate's goal, and the rank correlation the ranking check reports."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from vitdeploy.optimize.candidates import Candidate, Measurement, corrected_goal
 from vitdeploy.optimize.halving import halve, rank_correlation, ranking, successive_halving
 
 
-def candidate(name: str, kind: str, quality: float, measured_ratio: float = 0.5) -> Candidate:
-    made = Candidate(name, kind, model=None, structure_ratio=1.0, remake=None)
+def candidate(name: str, kind: str, quality: float, measured_ratio: float = 0.5, budget_ratio: float = 0.5,
+              precision: str = "fp32") -> Candidate:
+    search = SimpleNamespace(precision=precision, budget_ratio=budget_ratio)
+    made = Candidate(name, kind, model=None, structure_ratio=1.0, remake=None, search=search)
     made.measurements.append(Measurement(measured_ratio, measured_ratio))
     made.quality = quality  # what the fake proxy reads, plus a little per step tuned
     return made
@@ -73,6 +77,17 @@ def test_equal_proxies_rank_the_faster_candidate_first():
     for c in (slow, fast):
         c.proxies.append(0.9)
     assert [c.name for c in halve([slow, fast])] == ["fast"]
+
+
+def test_across_precisions_the_smaller_share_of_the_budget_ranks_first():
+    """Each precision measures against its own unpruned model: an INT8 candidate at 0.6 of the
+    INT8 unpruned latency, whose budget is 0.8 of it, is faster than a float one at 0.5 of 0.5."""
+    fp32 = candidate("fp32", "joint", 0.9, measured_ratio=0.5, budget_ratio=0.5)
+    int8 = candidate("int8", "joint", 0.9, measured_ratio=0.6, budget_ratio=0.8, precision="int8")
+    for c in (fp32, int8):
+        c.proxies.append(0.9)
+    assert int8.budget_share == pytest.approx(0.75) and fp32.budget_share == pytest.approx(1.0)
+    assert [c.name for c in halve([fp32, int8])] == ["int8"]
 
 
 def test_corrected_goal_lands_the_measurement_on_the_budget_when_savings_scale_linearly():

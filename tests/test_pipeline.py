@@ -61,7 +61,7 @@ def test_default_recipe_exports_and_evaluates_every_variant(tmp_path):
     ({"name": "r", "model": "fmnist_vit", "variants": [{"name": "a", "keep": "9:0.5"}]}, "block 9 does not"),
     ({"name": "r", "model": "m", "variants": [{"name": "../x", "keep": "2:5"}]}, "letters, digits"),
     ({"name": "r", "model": "m", "variants": [{"name": "baseline", "keep": "2:5"}]}, "unique"),
-    ({"name": "r", "model": "m", "export": {"example_batch": 1}}, "stays dynamic"),
+    ({"name": "r", "model": "m", "export": {"example_batch": 1}}, "export: example_batch: Input should be greater"),
     ({"name": "r", "model": "m", "export": {"opsett": 18}}, "export: opsett"),
     ({"name": "r", "model": "m", "variants": [{"name": "a", "prune": [{"method": "magic"}]}]}, "unknown pruning method"),
     ({"name": "r", "model": "m", "variants": [{"name": "a", "prune": [{"method": "star", "data": "d",

@@ -77,6 +77,11 @@ def tiny_table(edit: Callable[[dict], object] = lambda data: None) -> Setup:
     return table(edit, "tt.json", "tiny-table.json")
 
 
+def as_int8(data: dict) -> None:
+    """A table's metadata saying it was measured on INT8 graphs."""
+    data["metadata"]["precision"] = "int8"
+
+
 def file(name: str, content: bytes | str | dict | list) -> Setup:
     def build(w: Path, assets) -> None:
         path = w / name
@@ -308,12 +313,18 @@ CASES = [
     Case("quantize-unknown-part", "option", "quantize m --calib fashion-mnist --out q.onnx --parts linear,softmax",
          (model(),)),
     Case("quantize-out-not-onnx", "output", "quantize m --calib fashion-mnist --out q.txt", (model(),)),
+    Case("quantize-fine-tune-without-the-linear-part", "option",
+         "quantize m --calib fashion-mnist --out q.onnx --parts attention --qat-steps 5", (model(),)),
+    Case("quantize-fine-tune-negative-steps", "option", "quantize m --calib fashion-mnist --out q.onnx --qat-steps -1",
+         (model(),)),
     Case("bench-batch-arabic-digit", "option", "bench m --batch 1,٨", (model(),)),
     Case("bench-threads-huge", "option", "bench m --threads 100000000", (model(),)),
     Case("bench-iters-zero", "option", "bench m --iters 0", (model(),)),
     Case("bench-warmup-negative", "option", "bench m --warmup -1", (model(),)),
     Case("lut-build-batch-zero", "option", "lut build --batch 0 --out tables"),
     Case("lut-build-threads-huge", "option", "lut build --threads 100000000 --out tables"),
+    Case("lut-build-int8-on-a-backend-without-qdq", "option",
+         "lut build --backend torch --precision int8 --grid quick --out tables"),
     Case("run-limit-zero", "option", "run r.json --out o --limit 0", (model(), recipe())),
     Case("triton-repo-max-batch-zero", "option", "triton-repo m --out repo --max-batch 0", (model(),)),
     Case("serve-http-port-out-of-range", "option", "serve m --http-port 70000", (model(),)),
@@ -611,6 +622,27 @@ CASES = [
          (model(), tiny_table())),
     Case("optimize-out-is-a-file", "output", "optimize m --budget-ms 5 --lut tt.json --out o",
          (model(), tiny_table(), old_outputs("o"))),
+    Case("optimize-precisions-without-fp32", "option",
+         "optimize m --budget-ms 5 --precisions int8 --lut tt.json --out o", (model(), tiny_table())),
+    Case("optimize-int8-lut-without-int8", "option",
+         "optimize m --budget-ms 5 --int8-lut tt.json --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-max-drop-negative", "option",
+         "optimize m --budget-ms 5 --precisions fp32,int8 --max-drop -1 --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-float-table-as-the-int8-table", "latency table",
+         "optimize m --budget-ms 5 --precisions fp32,int8 --int8-lut tt.json --lut tt.json --out o",
+         (model(), tiny_table())),
+    Case("optimize-int8-table-for-a-float-budget", "latency table", "optimize m --budget-ms 5 --lut tt.json --out o",
+         (model(), tiny_table(as_int8))),
+    Case("prune-nvit-int8-table-for-a-float-budget", "latency table",
+         "prune nvit m --target-latency-ms 5 --lut tt.json --calib fashion-mnist --out o",
+         (model(), tiny_table(as_int8))),
+    Case("prune-nvit-float-table-for-an-int8-budget", "latency table",
+         "prune nvit m --target-latency-ms 5 --lut tt.json --latency-precision int8 --calib fashion-mnist --out o",
+         (model(), tiny_table())),
+    Case("prune-nvit-int8-budget-without-a-latency-target", "option",
+         "prune nvit m --target-flops 0.5 --latency-precision int8 --calib fashion-mnist --out o", (model(),)),
     Case("prune-nvit-latency-table-for-other-geometry", "latency table",
          "prune nvit m --target-latency-ms 5 --lut t.json --calib fashion-mnist --out o", (model(), table())),
     Case("prune-star-latency-without-table", "option",

@@ -87,8 +87,8 @@ def test_out_naming_a_directory_is_a_user_error(tmp_path, pruned):
     (ExportConfig(opset=17), r"choose 18\.\.24"),
     (ExportConfig(opset=25), r"choose 18\.\.24"),
     (ExportConfig(target="tensorrt", opset=25), "not supported for tensorrt"),
-    (ExportConfig(example_batch=1), "batch axis stays dynamic"),
-    (ExportConfig(parity_batches=()), "at least one batch size"),
+    (ExportConfig(example_batch=1), "example_batch: Input should be greater than or equal to 2"),
+    (ExportConfig(parity_batches=()), "parity_batches: Tuple should have at least 1 item"),
     (ExportConfig(target="coreml"), "unknown target"),
     (ExportConfig(selection="sort"), "unknown selection"),
 ])

@@ -19,6 +19,7 @@ from vitdeploy.models.spec import TokenStep
 from vitdeploy.prune import spvit
 from vitdeploy.prune.spvit_config import FLAT_SCORES, SPViTConfig, parse_selectors
 from vitdeploy.prune.summaries import spvit_summary
+from vitdeploy.schema import flag_name, validated
 from vitdeploy.tokens import select
 
 N = 16  # patch tokens of the tiny model
@@ -199,7 +200,7 @@ def test_unreachable_budget_is_a_clear_error():
 ])
 def test_config_validation(fields, message):
     with pytest.raises(VitDeployError, match=message):
-        SPViTConfig(**fields).validate(depth=4)
+        validated(SPViTConfig(**fields), flag_name).validate(depth=4)
 
 
 def test_selector_parsing_and_defaults():

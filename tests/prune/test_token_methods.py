@@ -21,6 +21,7 @@ from vitdeploy.prune.calibrate import run_blocks, trace
 from vitdeploy.prune.token_config import TokenPruneConfig
 from vitdeploy.prune.costs import flops_target
 from vitdeploy.prune.token_methods import prune_tokens, solve_knob
+from vitdeploy.schema import flag_name, validated
 from vitdeploy.tokens import select
 from vitdeploy.models.token_plan import with_spec
 
@@ -248,11 +249,16 @@ def test_latency_target_with_a_table_of_another_geometry_names_the_build_command
     (dict(method="magic", rate=0.5), "unknown token method"),
     (dict(method="uniform", target_latency_ms=5.0), "go together"),
     (dict(method="uniform", target_latency_ms=5.0, target_flops=0.5, lut="t.json"), "exactly one"),
-    (dict(method="uniform", target_latency_ms=-1.0, lut="t.json"), "positive"),
+    (dict(method="uniform", target_latency_ms=-1.0, lut="t.json"), "--target-latency-ms: Input should be greater"),
 ])
 def test_config_validation(fields, message):
     with pytest.raises(VitDeployError, match=message):
-        TokenPruneConfig(**fields).validate()
+        validated(TokenPruneConfig(**fields), flag_name)
+
+
+def test_a_library_caller_reads_the_field_name():
+    with pytest.raises(VitDeployError, match="^rho: Input should be less than or equal to 1"):
+        TokenPruneConfig(method="star", rho=1.5).validate()
 
 
 def test_calibrated_methods_need_data(tiny):

@@ -78,7 +78,9 @@ def test_train_is_the_same_optimisation_in_one_and_two_processes(work):
     first, second = report(one, "train.json")["history"], report(two, "train.json")["history"]
     assert [r["test_top1"] for r in first] == [r["test_top1"] for r in second]
     assert [r["loss"] for r in second] == pytest.approx([r["loss"] for r in first], abs=LOSS_TOLERANCE)
-    assert_same_weights(one, two, 1e-4)
+    # the gradients are summed in another order; AdamW turns a near-zero gradient's rounding into a
+    # whole normalised step for that weight, so a few weights differ by up to ~lr/10 after 16 steps
+    assert_same_weights(one, two, 3e-4)
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert not [p for p in work.iterdir() if p.name.startswith(".")]  # no temporaries from either process
 

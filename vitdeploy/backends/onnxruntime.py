@@ -68,6 +68,7 @@ class OnnxRuntimeBackend:
     default_device = "cpu"
     static_shapes = False
     triton = ("onnxruntime_onnx", "model.onnx")
+    int8_float_precision = "fp32"
 
     def available(self, device: str = "cpu") -> bool:
         return not self.unavailable_reason(device)

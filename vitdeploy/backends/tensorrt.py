@@ -421,6 +421,8 @@ class TensorRTBackend:
     default_device = "cuda"
     static_shapes = True
     triton = ("tensorrt_plan", "model.plan")
+    int8_float_precision = "fp16"
+    """LayerNorm, Softmax and GELU between the INT8 layers run in fp16, as TensorRT users build INT8 engines."""
 
     def __init__(self, cache: EngineCache | None = None):
         self.cache = cache or EngineCache()

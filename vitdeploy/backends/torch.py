@@ -129,6 +129,8 @@ class TorchBackend:
     default_device = "cpu"
     static_shapes = False
     triton = None
+    int8_float_precision = None
+    """Torch runs the float model itself, not Q/DQ graphs."""
 
     def available(self, device: str = "cpu") -> bool:
         return not self.unavailable_reason(device)

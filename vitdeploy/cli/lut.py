@@ -23,12 +23,17 @@ examples:
   # 8 random pruned variants timed whole; writes latency_tables/DEVICE-onnxruntime-fp32-fmnist_vit-b64.json
   vitdeploy lut build --for fmnist_vit --batch 64 --threads 2
   vitdeploy lut build --for out/nvit --backend tensorrt --device cuda --batch 32 --calibrate 0
+  # the same parts quantized as `vitdeploy quantize` writes them: the table for INT8 latency budgets
+  vitdeploy lut build --for fmnist_vit --batch 64 --precision int8
   # the generic DeiT-S-sized table, latency_tables/DEVICE-onnxruntime-fp32.json
   vitdeploy lut build --grid cpu-small --batch 8
   vitdeploy lut predict latency_tables/amd-epyc-onnxruntime-fp32.json deit_small_patch16_224 --keep 4:0.7"""
 
 
 def register(sub) -> None:
+    from vitdeploy.backends import PRECISIONS
+    from vitdeploy.quantize.config import INT8
+
     p = sub.add_parser("lut", help="latency lookup tables: build, show, predict, refresh",
                        description="Latency lookup tables hold measured latencies of block parts over a grid of "
                                    "(tokens, embed, heads×qk, heads×v, mlp) for one device, backend, precision and "
@@ -45,7 +50,9 @@ def register(sub) -> None:
     build.add_argument("--backend", default="onnxruntime", help="default: %(default)s")
     build.add_argument("--batch", type=batch_size, default=8, help="default: %(default)s")
     build.add_argument("--threads", type=threads_count, default=2, help="CPU threads (default: %(default)s)")
-    build.add_argument("--precision", default="fp32", help="default: %(default)s")
+    build.add_argument("--precision", choices=(*PRECISIONS, INT8), default="fp32",
+                       help="int8: parts quantized as `vitdeploy quantize` writes them by default, the float layers "
+                            "around them at the backend's precision for INT8 graphs (default: %(default)s)")
     build.add_argument("--device", default="cpu", help="default: %(default)s")
     source = build.add_mutually_exclusive_group()
     source.add_argument("--grid", type=non_empty, help=f"a fixed grid: cpu-small or quick (default: {DEFAULT_GRID})")
@@ -82,8 +89,11 @@ def _run_lut_build(args) -> None:
     from vitdeploy.io import check_output_files
     from vitdeploy.lut import build_table, build_table_for, default_grid, model_table_path, save_table, table_path
 
+    from vitdeploy.quantize.config import INT8
+
     _check_build_options(args)
-    config = BuildConfig(precision=args.precision, device=args.device, batch_sizes=(args.batch,),
+    int8 = args.precision == INT8
+    config = BuildConfig(precision="fp32" if int8 else args.precision, device=args.device, batch_sizes=(args.batch,),
                          threads=args.threads).validate()
     command, progress = command_line(), sys.stderr.isatty()
     spec = load_model_from(args, args.for_model).spec if args.for_model else None
@@ -92,10 +102,10 @@ def _run_lut_build(args) -> None:
     if spec is not None:
         calibration_models = DEFAULT_CALIBRATION_MODELS if args.calibrate is None else args.calibrate
         table = build_table_for(spec, args.backend, config, args.batch, args.round_to or 8, calibration_models,
-                                progress, command)
+                                progress, command, int8)
     else:
         table = build_table(args.backend, config, default_grid(args.grid or DEFAULT_GRID), device_batch=args.batch,
-                            command=command, progress=progress)
+                            command=command, progress=progress, int8=int8)
     path = table_path(table.metadata, args.out, model=spec.name if spec else None)
     save_table(table, path)
     print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KB)" + (f"; {_calibration_text(table.calibration)}"

@@ -16,7 +16,8 @@ examples:
   vitdeploy optimize fmnist_vit --budget-ratio 0.5 --lut TABLE.json --out out/half   # half today's latency
   vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search nvit --out out/nvit9   # structure only
   vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search tokens --out out/t9   # STAR or Patch Slimming
-  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --check-ranking --out out/checked   # all fine-tuned fully"""
+  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --check-ranking --out out/checked   # all fine-tuned fully
+  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --precisions fp32,int8 --out out/int8   # INT8 candidates too"""
 
 OPTIONS = {
     "budget_ms": "latency budget in ms at the table's batch",
@@ -25,6 +26,12 @@ OPTIONS = {
            "CPU table for MODEL at --batch in latency_tables/, built first if there is none (a few minutes)",
     "batch": "the batch the budget is for; must be the table's (default: the table's, or 64 without --lut)",
     "backend": "the backend the budget is for; must be the table's (default: the table's, or onnxruntime)",
+    "precisions": "fp32, or fp32,int8 to add INT8 candidates: each measured as the Q/DQ graph `vitdeploy quantize` "
+                  "writes, under its own INT8 table; an INT8 pick is written as that graph",
+    "int8_lut": "with int8: the INT8 latency table (`vitdeploy lut build --for MODEL --precision int8`); default: "
+                "this machine's in latency_tables/, built first if there is none",
+    "max_drop": "an INT8 pick may lose at most this many test top-1 points against its float self; otherwise the "
+                "next candidate is tried",
     "data": "fashion-mnist or an ImageFolder directory: train split to prune and fine-tune, test split for top-1",
     "resize": "resize the data's images to the model's input size",
     "search": "candidates: structure and tokens jointly, NViT structure only, or a token plan only",
@@ -60,7 +67,10 @@ def register(sub) -> None:
                     "alone are candidates too. Successive halving ranks them after equal distilled fine-tuning; the "
                     "best gets the full fine-tune, is exported with every check and measured again (the next one "
                     "down is tried if it is more than 3 %% over). Writes DIR/model, DIR/model.onnx and "
-                    "DIR/optimize.json (every candidate, round and attempt; predicted vs measured latency; top-1).",
+                    "DIR/optimize.json (every candidate, round and attempt; predicted vs measured latency; top-1). "
+                    "With --precisions fp32,int8, INT8 candidates join the race, each measured as a Q/DQ graph "
+                    "under an INT8 table; an INT8 pick is quantized on the training data, checked on the test "
+                    "split (--max-drop) and written as DIR/model.onnx with DIR/model.quantize.json.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--out", type=non_empty, required=True,
@@ -77,9 +87,10 @@ def register(sub) -> None:
 
 def _run(args) -> None:
     from vitdeploy.optimize import OptimizeConfig, optimize, summary_table
+    from vitdeploy.schema import flag_name, validated
 
     values = config_values(args, OPTIONS)
-    config = OptimizeConfig(**values, threads=args.threads).validate()
+    config = validated(OptimizeConfig(**values, threads=args.threads), flag_name)
     model = load_model_from(args, args.model)
     result = optimize(model, config, args.out, progress=not args.quiet, pipeline=pipeline_from(args))
     print_json_or(args, result, summary_table(result) + f"\nsaved {args.out}")

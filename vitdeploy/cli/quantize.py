@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   vitdeploy quantize fmnist_vit --calib fashion-mnist --out int8.onnx
   vitdeploy quantize out/pruned --calib ~/data/train --eval ~/data/val --calibration percentile --out int8.onnx
   vitdeploy quantize fmnist_vit --calib fashion-mnist --target tensorrt --parts linear,attention --out trt-int8.onnx
+  vitdeploy quantize out/pruned --calib fashion-mnist --qat-steps 200 --out int8.onnx   # fine-tuned through INT8
 """
 
 SETTINGS = {
@@ -26,6 +27,10 @@ SETTINGS = {
     "calib_batch": "images per calibration batch",
     "max_drop": "refuse (and write nothing) if INT8 loses more top-1 points than this against the float model",
     "eval_limit": "evaluate on the first N test images",
+    "qat_steps": "quantization-aware fine-tuning steps (distilled from the float model, the linear part's INT8 "
+                 "rounding simulated with the ranges the graph then uses) for when calibration alone loses too much",
+    "qat_lr": "peak learning rate of the quantization-aware fine-tune",
+    "qat_batch": "batch of the quantization-aware fine-tune",
 }
 
 

@@ -41,12 +41,13 @@ def _run_train(args) -> None:
     from vitdeploy.models.checkpoint import ARTIFACT_FILES, load_artifact, save_artifact
     from vitdeploy.models.vit import ViT
     from vitdeploy.models.zoo import get_spec
+    from vitdeploy.schema import flag_name, validated
     from vitdeploy.train.config import TrainConfig
     from vitdeploy.train.loop import train
 
-    config = TrainConfig(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, label_smoothing=args.label_smoothing, crop_padding=args.crop_padding,
-                         seed=args.seed, threads=args.threads, limit=args.limit, init=args.init).validate()
+    config = validated(TrainConfig(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                                   lr=args.lr, label_smoothing=args.label_smoothing, crop_padding=args.crop_padding,
+                                   seed=args.seed, threads=args.threads, limit=args.limit, init=args.init), flag_name)
     check_output_dir(args.out, ARTIFACT_FILES)
     if args.init:
         model = load_artifact(args.init)

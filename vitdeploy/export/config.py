@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.allowlists import TENSORRT_MAX_OPSET
 from vitdeploy.models.spec import SELECTION_METHODS
-from vitdeploy.schema import schema
+from vitdeploy.schema import check_fields, schema
 
 TARGETS = ("onnxruntime", "tensorrt")
 MIN_OPSET = 18
@@ -24,9 +27,9 @@ class ExportConfig:
     fuses with its bias and TensorRT imports as one layer (see ``fuse.py``)."""
     selection: str = "topk"
     target: str = "onnxruntime"
-    example_batch: int = 2
+    example_batch: Annotated[int, Field(ge=2)] = 2
     """Batch of the example input; must be ≥ 2 or the exporter specialises the batch axis to 1."""
-    parity_batches: tuple[int, ...] = (1, 3)
+    parity_batches: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (1, 3)
     parity_atol: float = 1e-4
     parity_data: str | None = None
     """Check parity on the first test images of this data (fashion-mnist or an ImageFolder
@@ -35,6 +38,7 @@ class ExportConfig:
     """Resize ``parity_data``'s images to the model's input size."""
 
     def validate(self) -> "ExportConfig":
+        check_fields(self)
         if self.selection not in SELECTION_METHODS:
             raise VitDeployError(f"unknown selection {self.selection!r}: choose {' or '.join(SELECTION_METHODS)}")
         if self.target not in TARGETS:
@@ -43,8 +47,4 @@ class ExportConfig:
         if not MIN_OPSET <= self.opset <= min(top, MAX_OPSET):
             raise VitDeployError(f"opset {self.opset} is not supported for {self.target}: "
                                  f"choose {MIN_OPSET}..{min(top, MAX_OPSET)}")
-        if self.example_batch < 2:
-            raise VitDeployError("example_batch must be at least 2 so that the batch axis stays dynamic")
-        if not self.parity_batches or min(self.parity_batches) < 1:
-            raise VitDeployError("parity_batches needs at least one batch size ≥ 1")
         return self

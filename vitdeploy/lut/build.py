@@ -59,6 +59,8 @@ from vitdeploy.lut.table import (
 )
 from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
 from vitdeploy.models.vit import Attention, Block, Mlp, ViT
+from vitdeploy.quantize.config import INT8
+from vitdeploy.quantize.ptq import Int8Source
 
 OPSET = ExportConfig().opset
 """Part graphs use the whole-model exporter's default opset (20: GELU is one ``Gelu`` op)."""
@@ -189,20 +191,28 @@ def empty_parts(grid: Grid) -> dict[str, PartTable]:
 
 
 def build_table(backend_name: str, build_config: BuildConfig, grid: Grid, timing_plan: TimingPlan | None = None,
-                device_batch: int = 8, progress: bool = True, command: str = "") -> LatencyTable:
+                device_batch: int = 8, progress: bool = True, command: str = "", int8: bool = False) -> LatencyTable:
     """Measure every part of ``grid`` on ``backend_name`` at batch ``device_batch``; ``command``
-    (the command line that asked for it) is recorded in the metadata."""
-    return _build(backend_name, build_config, grid, timing_plan or BUILD_PLAN, device_batch, progress, command)
+    (the command line that asked for it) is recorded in the metadata.
+
+    ``int8``: time the parts as ``vitdeploy quantize`` writes them by default (Q/DQ in front of the
+    weight MatMuls), their float layers at the backend's ``int8_float_precision``; the table's
+    precision is then ``int8``, and every whole model measured for it is quantized the same way."""
+    return _build(backend_name, build_config, grid, timing_plan or BUILD_PLAN, device_batch, progress, command,
+                  int8=int8)
 
 
 def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: TimingPlan, device_batch: int,
-           progress: bool, command: str, expected_device: str | None = None) -> LatencyTable:
+           progress: bool, command: str, expected_device: str | None = None, int8: bool = False) -> LatencyTable:
     grid.validate()
     backend = get_backend(backend_name)
-    config = replace(build_config, batch_sizes=(device_batch,)).validate()
+    config = replace(build_config, batch_sizes=(device_batch,))
+    if int8:
+        config = replace(config, precision=_int8_float_precision(backend))
+    config.validate()
     with tempfile.TemporaryDirectory(prefix="vitdeploy-lut-") as work, \
             tqdm(total=grid.timing_count(), desc=f"latency table {grid.name}", disable=not progress) as bar:
-        profiler = _Profiler(backend, config, plan, device_batch, Path(work), bar, expected_device)
+        profiler = _Profiler(backend, config, plan, device_batch, Path(work), bar, expected_device, int8)
         profiler.use_reference(grid)
         parts = empty_parts(grid)
         _measure_attention(profiler, grid, parts["attention"])
@@ -213,7 +223,8 @@ def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: Timin
         for part in parts.values():
             part.ms *= profiler.reference_ms
     metadata = TableMetadata(
-        device=profiler.device_name, backend=backend_name, precision=config.precision, batch=device_batch,
+        device=profiler.device_name, backend=backend_name, precision=INT8 if int8 else config.precision,
+        batch=device_batch,
         threads=config.threads, environment=_environment(config),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), timing_plan=asdict(plan),
         grid=grid.to_dict(), build_config=config.to_dict(), build_command=command,
@@ -222,12 +233,20 @@ def _build(backend_name: str, build_config: BuildConfig, grid: Grid, plan: Timin
     return LatencyTable(metadata, grid.reference_heads, grid.stem, **parts)
 
 
+def _int8_float_precision(backend: Backend) -> str:
+    if backend.int8_float_precision is None:
+        raise VitDeployError(f"the {backend.name} backend does not run INT8 Q/DQ graphs: build INT8 tables with "
+                             "--backend onnxruntime or tensorrt")
+    return backend.int8_float_precision
+
+
 def build_table_for(spec: ViTSpec, backend_name: str, build_config: BuildConfig, batch: int, round_to: int = 8,
-                    calibration_models: int = 8, progress: bool = True, command: str = "") -> LatencyTable:
+                    calibration_models: int = 8, progress: bool = True, command: str = "",
+                    int8: bool = False) -> LatencyTable:
     """A table on ``grid_for(spec)``, calibrated on ``spec`` and ``calibration_models`` random pruned
     variants of it timed whole (0: not calibrated)."""
     table = build_table(backend_name, build_config, grid_for(spec, round_to), device_batch=batch, progress=progress,
-                        command=command)
+                        command=command, int8=int8)
     if not calibration_models:
         return table
     base = spec.static_counterpart() if spec.adaptive else spec
@@ -242,8 +261,8 @@ def refresh_table(path: str | Path, timing_plan: TimingPlan | None = None, progr
     old = load_table(path)
     meta = old.metadata
     plan = timing_plan or TimingPlan(**meta.timing_plan)
-    new = _build(meta.backend, build_config_of(meta), Grid.from_dict(meta.grid, "metadata.grid"), plan, meta.batch, progress,
-                 meta.build_command, meta.device)
+    new = _build(meta.backend, build_config_of(meta), Grid.from_dict(meta.grid, "metadata.grid"), plan, meta.batch,
+                 progress, meta.build_command, meta.device, int8=meta.precision == INT8)
     new = replace(new, calibration=old.calibration)
     save_table(new, path)
     return new
@@ -272,9 +291,9 @@ def evaluate_table(table: LatencyTable, specs: Sequence[ViTSpec], backend: str, 
     percentage error (MAPE) over them.
     """
     meta = table.metadata
-    if backend != meta.backend or build_config.precision != meta.precision:
-        raise VitDeployError(f"the table is for {meta.backend} {meta.precision}; evaluate it with that backend "
-                             "and precision")
+    if backend != meta.backend or build_config.precision != meta.build_config["precision"]:
+        raise VitDeployError(f"the table is for {meta.backend} {meta.build_config['precision']}; evaluate it with "
+                             "that backend and precision")
     rows = []
     for spec, measured in zip(specs, _measure_specs(specs, meta, plan, build_config)):
         predicted = predict(table, spec)
@@ -358,14 +377,15 @@ class _MlpPart(nn.Module):
 
 
 class _BlockPart(nn.Module):
-    """A whole ``Block`` (token step included) with the tokens as its only output."""
+    """A whole ``Block`` (token step included) with the tokens as its only output; its layers are
+    named as in a ``ViT`` (``blocks.0.…``)."""
 
     def __init__(self, block: Block):
         super().__init__()
-        self.block = block
+        self.blocks = nn.ModuleList([block])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)[0]
+        return self.blocks[0](x)[0]
 
 
 class _PartSource(ModelSource):
@@ -408,13 +428,15 @@ class _Profiler:
     """Builds engines through one backend and times them at the table's batch size."""
 
     def __init__(self, backend: Backend, config: BuildConfig, plan: TimingPlan, batch: int, work_dir: Path, bar: tqdm,
-                 expected_device: str | None):
+                 expected_device: str | None, int8: bool):
         self.backend, self.config, self.plan, self.batch = backend, config, plan, batch
-        self.work_dir, self.bar, self.expected_device = work_dir, bar, expected_device
+        self.work_dir, self.bar, self.expected_device, self.int8 = work_dir, bar, expected_device, int8
         self.device_name = ""
         self.engine_metadata: dict[str, Any] = {}
 
     def engine(self, source: ModelSource) -> Engine:
+        if self.int8:
+            source = Int8Source(source, (self.batch, *source.input_shape()))
         engine = self.backend.build(source, self.config)
         if not self.device_name:
             self.device_name, self.engine_metadata = engine.device_name, engine.metadata()

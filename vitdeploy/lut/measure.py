@@ -23,6 +23,8 @@ from vitdeploy.lut.table import (
     LatencyTable, TableMetadata, load_table, predict, require_coverage, require_table_for,
 )
 from vitdeploy.models.vit import ViT
+from vitdeploy.quantize.config import INT8
+from vitdeploy.quantize.ptq import Int8Source
 
 MEASURE_PLAN = TimingPlan(warmup=5, iters=60, rounds=6)
 """Whole-model timing: medians of 60 interleaved runs per model."""
@@ -47,8 +49,12 @@ def _measure(models: dict[str, ViT], metadata: TableMetadata, plan: TimingPlan |
     backend = get_backend(metadata.backend)
     config = build_config_of(metadata) if config is None else replace(config, batch_sizes=(metadata.batch,))
     with tempfile.TemporaryDirectory(prefix="vitdeploy-measure-") as work:
-        engines = {name: backend.build(ModelSource(name, Path(work) / name, model=model.eval()), config.validate())
-                   for name, model in tqdm(models.items(), desc="whole models", disable=not progress)}
+        sources = {name: ModelSource(name, Path(work) / name, model=model.eval()) for name, model in models.items()}
+        if metadata.precision == INT8:
+            sources = {name: Int8Source(source, (metadata.batch, *source.input_shape()))
+                       for name, source in sources.items()}
+        engines = {name: backend.build(source, config.validate())
+                   for name, source in tqdm(sources.items(), desc="whole models", disable=not progress)}
         shape = next(iter(models.values())).spec
         batch = random_batch(metadata.batch, (shape.in_chans, shape.img_size, shape.img_size))
         measurements = time_interleaved(engines, batch, plan or MEASURE_PLAN)
@@ -78,18 +84,22 @@ def drift_corrected(table: LatencyTable, model: ViT, plan: TimingPlan | None = N
 
 
 def table_for_model(path: str, model: ViT, backend: str | None = None, batch: int | None = None,
-                    plan: TimingPlan | None = None) -> tuple[LatencyTable, Drift]:
-    """Load the table at ``path`` for acting on ``model``, drift-corrected on this machine.
+                    plan: TimingPlan | None = None, int8: bool = False) -> tuple[LatencyTable, Drift]:
+    """Load the table at ``path`` for acting on ``model`` (``checked_table``), drift-corrected on this machine."""
+    return drift_corrected(checked_table(path, model, backend, batch, int8), model, plan)
 
-    The table must be for ``backend`` and ``batch`` (default: its own), for this machine's
-    device, and cover ``model``'s shapes without extrapolating.
-    """
+
+def checked_table(path: str, model: ViT, backend: str | None = None, batch: int | None = None,
+                  int8: bool = False) -> LatencyTable:
+    """The table at ``path``, which must be for ``backend`` and ``batch`` (default: its own), for this
+    machine's device, measured on INT8 graphs if and only if ``int8`` (the budget is for the model
+    once quantized), and cover ``model``'s shapes without extrapolating."""
     table = load_table(path)
     meta = table.metadata
     require_table_for(table, backend or meta.backend, batch or meta.batch, meta.build_config["device"],
-                      model.spec.name)
+                      model.spec.name, int8)
     require_coverage(table, model.spec, model.spec.name)
-    return drift_corrected(table, model, plan)
+    return table
 
 
 def latency_check(table: LatencyTable, drift: Drift, unpruned: ViT, model: ViT, target_ms: float,

@@ -60,6 +60,7 @@ from vitdeploy.hardware import device_name, device_slug
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import write_json_atomic
 from vitdeploy.models.spec import ViTSpec
+from vitdeploy.quantize.config import INT8
 from vitdeploy.schema import parse, read_json_bytes, schema
 
 SCHEMA_VERSION = 1
@@ -521,19 +522,27 @@ def _file_safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.") or "model"
 
 
-def build_hint(model_ref: str, backend: str, batch: int, device: str = "cpu") -> str:
+def build_hint(model_ref: str, backend: str, batch: int, device: str = "cpu", int8: bool = False) -> str:
     """The command that builds a table for ``model_ref``, for error messages."""
     command = ["vitdeploy", "lut", "build", "--for", model_ref, "--backend", backend, "--batch", str(batch)]
-    return shlex.join(command + (["--device", device] if device != "cpu" else []))
+    return shlex.join(command + (["--device", device] if device != "cpu" else []) + (["--precision", INT8] if int8
+                                                                                      else []))
 
 
-def require_table_for(table: LatencyTable, backend: str, batch: int, device: str, model_ref: str) -> None:
-    """Refuse a table measured with another backend, batch or device (``device``: "cpu" or "cuda")."""
+def require_table_for(table: LatencyTable, backend: str, batch: int, device: str, model_ref: str,
+                      int8: bool = False) -> None:
+    """Refuse a table measured with another backend, batch or device (``device``: "cpu" or "cuda"),
+    or for INT8 graphs when the budget is for the float model, and the other way round."""
     meta, wanted = table.metadata, device_name(device)
+    hint = build_hint(model_ref, backend, batch, device, int8)
     if (meta.backend, meta.batch, meta.device) != (backend, batch, wanted):
         raise VitDeployError(f"the latency table was measured with {meta.backend} at batch {meta.batch} on "
                              f"{meta.device!r}, not {backend} at batch {batch} on {wanted!r}: build one with "
-                             f"`{build_hint(model_ref, backend, batch, device)}`")
+                             f"`{hint}`")
+    if (meta.precision == INT8) != int8:
+        measured, wanted_precision = ("INT8", "the float") if not int8 else (meta.precision, "the INT8")
+        raise VitDeployError(f"the latency table was measured on {measured} graphs, but this latency budget is for "
+                             f"{wanted_precision} model: build a table for it with `{hint}`")
 
 
 def require_coverage(table: LatencyTable, spec: ViTSpec, model_ref: str) -> None:

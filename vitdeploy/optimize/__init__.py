@@ -19,6 +19,10 @@ and every candidate measured before it is trusted:
    measured again and evaluated on the test split; if it measures more than 3 % over the budget,
    the next candidate down takes its place (``run``). The report (``report``) shows every attempt.
 
+``precisions="fp32,int8"`` adds INT8 candidates: a second search with its own INT8 latency table,
+NViT pruner and quantized unpruned reference (``candidates``), whose candidates race with the float
+ones; an INT8 pick is quantized and checked for accuracy before it is written (``run``).
+
 ``search`` restricts the candidates: ``nvit`` (structure only, to the budget), ``tokens`` (the
 unpruned structure with each token method) or ``joint`` (all of them). Everything goes to one
 output directory, replaced only when the run succeeds.

@@ -10,6 +10,11 @@ over the budget is made again for a goal corrected by that measurement: the tabl
 savings (1 − predicted ratio) are scaled by the savings measured, and the token plan is re-solved
 or, for NViT alone, the structure pruned further. A candidate still over after
 ``MEASURE_ROUNDS`` measurements is dropped, with the reason.
+
+With INT8 in the search, each precision has its own ``Search``: its own latency table (INT8
+tables time Q/DQ graphs), pruner and unpruned reference, so an INT8 candidate is measured as a
+quantized graph against the quantized unpruned model, and its budget share (measured ratio over
+its search's budget ratio) compares with a float candidate's.
 """
 
 from __future__ import annotations
@@ -60,10 +65,21 @@ class Candidate:
     """Proxy top-1 before any fine-tune (only when the ranking is checked)."""
     test_top1: float | None = None
     """Test top-1 after the full fine-tune (the chosen one; every one when the ranking is checked)."""
+    search: Search | None = field(default=None, repr=False)
+    """The search that made it: its precision, table, pruner and budget."""
 
     @property
     def measured_ratio(self) -> float:
         return self.measurements[-1].measured_ratio
+
+    @property
+    def precision(self) -> str:
+        return self.search.precision
+
+    @property
+    def budget_share(self) -> float:
+        """Its measured latency as a share of the budget, comparable across precisions."""
+        return self.measured_ratio / self.search.budget_ratio
 
     def to_dict(self) -> dict:
         from vitdeploy.models.flops import total_macs
@@ -76,7 +92,8 @@ class Candidate:
                       if k in self.token_report}
             knobs = METHODS.get(self.token_report["method"]).knobs
             tokens["knob"] = {k: self.token_report[k] for k in knobs if k in self.token_report and k not in tokens}
-        return {"name": self.name, "kind": self.kind, "structure_ratio": self.structure_ratio, "tokens": tokens,
+        return {"name": self.name, "kind": self.kind, "precision": self.precision,
+                "structure_ratio": self.structure_ratio, "tokens": tokens, "budget_share": self.budget_share,
                 "measurements": [asdict(m) for m in self.measurements], "proxies": self.proxies,
                 "tuned_steps": self.tuned_steps, "untuned_proxy": self.untuned_proxy, "test_top1": self.test_top1,
                 "macs": total_macs(self.model.spec), "dims": dims_summary(self.model.spec)}
@@ -94,9 +111,16 @@ class Search:
     calib_images: Any
     budget_ms: float
     budget_ratio: float
-    """The budget as a share of the unpruned latency measured at the start."""
+    """The budget as a share of the unpruned latency measured at the start (at this search's precision)."""
     config: Any
     progress: bool = True
+    precision: str = "fp32"
+    drift: Any = None
+    """The table's drift correction: the unpruned model measured at the start."""
+
+    def label(self, name: str) -> str:
+        """A candidate's name, marked with the precision when it is not fp32."""
+        return name if self.precision == "fp32" else f"{self.precision} {name}"
 
     def predicted_ratio(self, model) -> float:
         from vitdeploy.lut.table import predict
@@ -133,13 +157,16 @@ def make_candidates(search: Search, floor_ratio: float) -> tuple[list[Candidate]
         except Unreachable as exc:
             dropped.append({"name": exc.name, "reason": str(exc)})
     candidates, over = measure_within_budget(search, candidates)
-    dropped += over
+    return candidates, dropped + over
+
+
+def require_candidates(candidates: list[Candidate], dropped: list[dict], config) -> None:
+    """Refuse a search that left no candidate, with every reason."""
     if not candidates:
-        other_search = "" if search.config.search == "joint" else " or --search joint"
-        raise VitDeployError(f"no candidate meets --budget-ms {search.budget_ms:g} when measured: "
+        other_search = "" if config.search == "joint" else " or --search joint"
+        raise VitDeployError(f"no candidate meets --budget-ms {config.budget_ms:g} when measured: "
                              + "; ".join(f"{d['name']}: {d['reason']}" for d in dropped)
                              + f"; give a larger budget{other_search}")
-    return candidates, dropped
 
 
 def _makers(search: Search, floor_ratio: float) -> list[Callable[[], Candidate]]:
@@ -178,15 +205,16 @@ def _snapshot(search: Search, ratio: float) -> Candidate:
         def trim(goal: float) -> tuple[Any, None]:
             return copy.deepcopy(search.pruner.prune_to(goal)), None
 
-        return Candidate(f"nvit {structure_ratio:.2f}x", NVIT_ALONE, structure, structure_ratio, trim)
+        return Candidate(search.label(f"nvit {structure_ratio:.2f}x"), NVIT_ALONE, structure, structure_ratio, trim,
+                         search=search)
     method = search.config.tokens
-    name = ("unpruned" if ratio >= 1 else f"nvit {structure_ratio:.2f}x") + f" + {method}"
+    name = search.label(("unpruned" if ratio >= 1 else f"nvit {structure_ratio:.2f}x") + f" + {method}")
     kind = TOKENS_ALONE if ratio >= 1 else JOINT
     return _with_plan(search, name, kind, structure, structure_ratio, method)
 
 
 def _tokens_alone(search: Search, method: str) -> Candidate:
-    return _with_plan(search, f"unpruned + {method}", TOKENS_ALONE, search.base, 1.0, method)
+    return _with_plan(search, search.label(f"unpruned + {method}"), TOKENS_ALONE, search.base, 1.0, method)
 
 
 def _with_plan(search: Search, name: str, kind: str, structure, structure_ratio: float, method: str) -> Candidate:
@@ -197,7 +225,7 @@ def _with_plan(search: Search, name: str, kind: str, structure, structure_ratio:
         model, report = plan(search.budget_ratio)
     except VitDeployError as exc:
         raise Unreachable(name, str(exc)) from None
-    return Candidate(name, kind, model, structure_ratio, plan, report)
+    return Candidate(name, kind, model, structure_ratio, plan, report, search=search)
 
 
 def _token_plan(search: Search, structure, method: str, goal_ratio: float):

@@ -20,7 +20,7 @@ from vitdeploy.optimize.candidates import SINGLE_METHODS, Candidate
 
 def rank_key(candidate: Candidate) -> tuple[float, float]:
     """Better proxy first; at equal proxy, the faster one (measured)."""
-    return candidate.proxies[-1], -candidate.measured_ratio
+    return candidate.proxies[-1], -candidate.budget_share
 
 
 def successive_halving(candidates: list[Candidate], tune: Callable[[Candidate, int, int], None],

@@ -9,9 +9,12 @@ from typing import Annotated
 from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.quantize.config import INT8
 from vitdeploy.schema import check_fields, schema
 from vitdeploy.train.config import TrainConfig
 
+LATENCY_PRECISIONS = ("fp32", INT8)
+"""What ``target_latency_ms`` is for: the float model, or the model once INT8-quantized."""
 CRITERIA = ("hessian", "magnitude")
 """Global importance criteria: Hessian-aware (Σ ∂L/∂w·w)² per group, or the group's weight norm."""
 
@@ -27,6 +30,9 @@ class NViTConfig:
     """Target predicted latency (ms, from the latency table ``lut``), instead of ``target_flops``."""
     lut: str | None = None
     """Latency table (JSON) for the latency term and latency targets; without one, FLOPs stand in."""
+    latency_precision: str = "fp32"
+    """``int8``: ``target_latency_ms`` is for the pruned model once quantized (``vitdeploy quantize``),
+    predicted and measured with an INT8 table (``vitdeploy lut build --precision int8``)."""
     criterion: str = "hessian"
     """``hessian`` ((Σ ∂L/∂w·w)² per group) or ``magnitude`` (‖W_S‖₂² per group)."""
     eta: Annotated[float, Field(ge=0)] = 0.1
@@ -54,6 +60,11 @@ class NViTConfig:
         check_fields(self)
         if (self.target_flops is None) == (self.target_latency_ms is None):
             raise VitDeployError("give exactly one target: --target-flops RATIO or --target-latency-ms MS")
+        if self.latency_precision not in LATENCY_PRECISIONS:
+            raise VitDeployError(f"unknown latency precision {self.latency_precision!r}: choose "
+                                 f"{' or '.join(LATENCY_PRECISIONS)}")
+        if self.latency_precision == INT8 and self.target_latency_ms is None:
+            raise VitDeployError("an INT8 latency precision needs a latency target (--target-latency-ms with --lut)")
         if self.criterion not in CRITERIA:
             raise VitDeployError(f"unknown criterion {self.criterion!r}: choose one of {', '.join(CRITERIA)}")
         return self

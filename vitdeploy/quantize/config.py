@@ -10,6 +10,8 @@ from pydantic import Field
 from vitdeploy.errors import VitDeployError
 from vitdeploy.schema import check_fields, schema
 
+INT8 = "int8"
+"""The precision name of INT8 Q/DQ graphs (latency tables, budgets)."""
 CALIBRATIONS = ("minmax", "percentile", "entropy")
 """How activation ranges are chosen from the calibration images (ONNX Runtime's calibrators)."""
 
@@ -38,6 +40,10 @@ class QuantizeConfig:
     """Top-1 points the INT8 model may lose against the float one on the evaluation data."""
     eval_limit: Annotated[int, Field(ge=1, le=10_000_000)] | None = 5000
     """Evaluate on the first N images of the test split (None: all)."""
+    qat_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    """Quantization-aware fine-tuning steps of the ``linear`` part before writing (0: calibration alone)."""
+    qat_lr: Annotated[float, Field(gt=0, le=1)] = 1e-4
+    qat_batch: Annotated[int, Field(ge=1, le=4096)] = 64
 
     def validate(self) -> "QuantizeConfig":
         from vitdeploy.export.config import TARGETS
@@ -51,6 +57,8 @@ class QuantizeConfig:
         if unknown or not self.parts:
             raise VitDeployError(f"parts to quantize: {', '.join(unknown) or 'none given'}; "
                                  f"choose from {', '.join(PARTS)}")
+        if self.qat_steps and "linear" not in self.parts:
+            raise VitDeployError("quantization-aware fine-tuning trains the linear part: include linear in the parts")
         if self.calib_images < self.calib_batch:
             raise VitDeployError(f"{self.calib_images} calibration images are fewer than one batch of "
                                  f"{self.calib_batch}")

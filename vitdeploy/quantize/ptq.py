@@ -39,13 +39,13 @@ from vitdeploy.quantize.config import QuantizeConfig
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 PART_SCOPES = {
-    "linear": re.compile(r"^blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)$"),
+    "linear": re.compile(r"^(blocks\.\d+\.)?(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)$"),
     "attention": re.compile(r"^scaled_dot_product_attention(_\d+)?$"),
     "patch-embed": re.compile(r"^patch_embed\.proj$"),
     "head": re.compile(r"^head(_dist)?$"),
 }
 """A node's module scope (the innermost two: module path, then op) → the part it belongs to (see
-``config.PARTS``)."""
+``config.PARTS``). A block's layers may also sit at the top (a latency table's block parts)."""
 PART_OPS = {"linear": ("MatMul", "Gemm"), "attention": ("MatMul",), "patch-embed": ("Conv",),
             "head": ("MatMul", "Gemm")}
 
@@ -77,13 +77,15 @@ class QuantizeReport:
     audit: check.AuditReport
     accuracy: Accuracy
     seconds: float
+    qat: dict | None = None
+    """The quantization-aware fine-tune's steps, final loss and seconds, if there was one."""
 
     def to_dict(self) -> dict:
         return {
             "onnx": self.onnx_path, "config": asdict(self.config), "calib_data": self.calib_data,
             "eval_data": self.eval_data, "quantized": self.quantized, "float_ops": self.float_ops, "ops": self.ops,
             "audit": self.audit.to_dict(), "accuracy": {**asdict(self.accuracy), "drop_points": self.accuracy.drop_points},
-            "seconds": round(self.seconds, 3),
+            "seconds": round(self.seconds, 3), "qat": self.qat,
         }
 
 
@@ -103,16 +105,34 @@ def quantize_model(model: ViT, out: str | Path, config: QuantizeConfig, calib_da
             atomic_paths(out, report_path(out), suffixes=(".onnx", ".json")) as (tmp, report_tmp):
         float_path = Path(scratch) / "float.onnx"
         export_onnx(model, float_path, ExportConfig(target=config.target))
-        nodes = quantize_onnx(float_path, tmp, calibration, config)
+        source, overrides, qat = float_path, None, None
+        if config.qat_steps:
+            source, overrides, qat = _quantization_aware(model, Path(scratch) / "qat.onnx", calibration, config,
+                                                         dataset_for(model, calib_data, "train", resize=resize),
+                                                         progress)
+        nodes = quantize_onnx(source, tmp, calibration, config, overrides)
         audit = _check_quantized(tmp, config.target)
         accuracy = compare_accuracy(float_path, tmp, evaluation, progress)
         _refuse_drop(accuracy, config.max_drop)
         report = QuantizeReport(str(out), config, calib_data, eval_data, {p: len(n) for p, n in nodes.items()},
                                 check.op_counts(onnx.load(str(float_path)).graph.node),
                                 check.op_counts(onnx.load(str(tmp)).graph.node), audit,
-                                accuracy, time.perf_counter() - started)
+                                accuracy, time.perf_counter() - started, qat)
         report_tmp.write_text(finite_json(report.to_dict(), str(report_path(out))))
     return report
+
+
+def _quantization_aware(model: ViT, path: Path, calibration: list[np.ndarray], config: QuantizeConfig, train_set,
+                        progress: bool) -> tuple[Path, dict, dict]:
+    """(the export of ``model`` after ``config.qat_steps`` of quantization-aware fine-tuning, the
+    scales and zero points its linear inputs were trained with, the fine-tune's summary)."""
+    from vitdeploy.quantize import qat
+
+    tuned, inputs, tuning = qat.fine_tune(model, train_set, calibration, config, config.qat_steps, progress)
+    export_onnx(tuned, path, ExportConfig(target=config.target))
+    graph = onnx.load(str(path))
+    overrides = qat.tensor_overrides(graph, nodes_by_part(graph, ("linear",))["linear"], inputs)
+    return path, overrides, {key: tuning[key] for key in ("steps", "final_loss", "seconds")}
 
 
 def calibration_batches(dataset, config: QuantizeConfig) -> list[np.ndarray]:
@@ -128,6 +148,13 @@ def calibration_batches(dataset, config: QuantizeConfig) -> list[np.ndarray]:
 
 def nodes_by_part(model: onnx.ModelProto, parts: tuple[str, ...]) -> dict[str, list[str]]:
     """Names of the nodes that ``parts`` cover, per part; refused if none is found."""
+    found = _nodes_by_part(model, parts)
+    if not any(found.values()):
+        raise VitDeployError(f"nothing to quantize: the model has no {', '.join(parts)} nodes")
+    return found
+
+
+def _nodes_by_part(model: onnx.ModelProto, parts: tuple[str, ...]) -> dict[str, list[str]]:
     weights = {init.name for init in model.graph.initializer}
     found: dict[str, list[str]] = {part: [] for part in parts}
     for node in model.graph.node:
@@ -135,54 +162,96 @@ def nodes_by_part(model: onnx.ModelProto, parts: tuple[str, ...]) -> dict[str, l
         multiplies_a_weight = bool(weights.intersection(node.input[:2]))
         if part is not None and multiplies_a_weight == (part != "attention"):  # attention: two activations
             found[part].append(node.name)
-    if not any(found.values()):
-        raise VitDeployError(f"nothing to quantize: the model has no {', '.join(parts)} nodes")
     return found
 
 
 def _part_of(node: onnx.NodeProto, parts: tuple[str, ...]) -> str | None:
-    scopes = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), None)
-    if scopes is None:
-        return None
-    innermost = [scope for scope in re.findall(r"'([^']*)'", scopes) if scope][-2:]
+    innermost = _innermost_scopes(node)
     for part in parts:
         if node.op_type in PART_OPS[part] and any(PART_SCOPES[part].match(scope) for scope in innermost):
             return part
     return None
 
 
+def module_of(node: onnx.NodeProto) -> str:
+    """The block Linear (``blocks.3.mlp.fc1``) a node of the ``linear`` part was exported from."""
+    return next(scope for scope in reversed(_innermost_scopes(node)) if PART_SCOPES["linear"].match(scope))
+
+
+def _innermost_scopes(node: onnx.NodeProto) -> list[str]:
+    """The innermost two of the module scopes the exporter recorded on ``node`` (module path, then op)."""
+    scopes = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), "")
+    return [scope for scope in re.findall(r"'([^']*)'", scopes) if scope][-2:]
+
+
 class _Images(CalibrationDataReader):
     """ONNX Runtime's calibration reader over a list of batches."""
 
-    def __init__(self, calibration: list[np.ndarray]):
-        self._batches = iter(calibration)
+    def __init__(self, calibration: list[np.ndarray], input_name: str = INPUT_NAME):
+        self._batches, self._input_name = iter(calibration), input_name
 
     def get_next(self) -> dict | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
+        return None if batch is None else {self._input_name: batch}
 
 
 def quantize_onnx(float_path: str | Path, out: str | Path, calibration: list[np.ndarray],
-                  config: QuantizeConfig) -> dict[str, list[str]]:
+                  config: QuantizeConfig, overrides: dict | None = None) -> dict[str, list[str]]:
     """Write ``float_path`` (a vitdeploy export) with Q/DQ in front of ``config.parts``, calibrated on
-    ``calibration`` (float32 batches); returns the quantized nodes' names per part. Unchecked:
-    ``quantize_model`` adds the checks.
+    ``calibration`` (float32 batches) except for the tensors whose scale and zero point ``overrides``
+    fixes (ONNX Runtime's ``TensorQuantOverrides``); returns the quantized nodes' names per part.
+    Unchecked: ``quantize_model`` adds the checks.
 
     Only inputs are quantized: a MatMul's output stays float, so ONNX Runtime fuses each
     DQ→MatMul with its bias into one integer kernel and TensorRT fuses the DQ into the layer."""
-    nodes = nodes_by_part(onnx.load(str(float_path)), config.parts)
+    graph = onnx.load(str(float_path))
+    nodes = nodes_by_part(graph, config.parts)
     unsigned = config.target == "onnxruntime"
     options = {"ActivationSymmetric": not unsigned, "WeightSymmetric": True, "CalibPercentile": config.percentile,
-               "CalibTensorRangeSymmetric": not unsigned, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
+               "CalibTensorRangeSymmetric": not unsigned, "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"],
+               "TensorQuantOverrides": overrides or {}}
     with _without_preprocessing_advice():
         quantize_static(
-            str(float_path), str(out), _Images(calibration), quant_format=QuantFormat.QDQ,
+            str(float_path), str(out), _Images(calibration, graph.graph.input[0].name), quant_format=QuantFormat.QDQ,
             nodes_to_quantize=[name for names in nodes.values() for name in names],
             op_types_to_quantize=sorted({op for part in config.parts for op in PART_OPS[part]}), per_channel=True,
             activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=_CALIBRATORS[config.calibration], extra_options=options,
             calibration_providers=["CPUExecutionProvider"])
     return nodes
+
+
+def quantize_for_timing(float_path: Path, out: Path, example_shape: tuple[int, ...], target: str) -> bool:
+    """Write ``float_path`` quantized as ``vitdeploy quantize`` quantizes by default, its ranges calibrated
+    on random inputs of ``example_shape``: latency does not depend on the values. False, and nothing
+    written, when the graph has none of the default parts (a latency table's stem-and-head part)."""
+    config = QuantizeConfig(target=target)
+    if not any(_nodes_by_part(onnx.load(str(float_path)), config.parts).values()):
+        return False
+    calibration = [np.random.default_rng(0).standard_normal(example_shape, dtype=np.float32)]
+    quantize_onnx(float_path, out, calibration, config)
+    return True
+
+
+class Int8Source:
+    """``source`` with its ONNX graph quantized for timing (``quantize_for_timing``) on inputs of
+    ``example_shape`` (batch first): what latency tables of precision int8 measure. Everything
+    else is ``source``'s."""
+
+    def __init__(self, source, example_shape: tuple[int, ...]):
+        self._source, self._example_shape = source, example_shape
+        self._quantized: dict[str, Path] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+    def onnx_path(self, target: str = "onnxruntime") -> Path:
+        if target not in self._quantized:
+            float_path = self._source.onnx_path(target)
+            int8_path = float_path.with_name(f"{float_path.stem}.int8.onnx")
+            quantized = quantize_for_timing(float_path, int8_path, self._example_shape, target)
+            self._quantized[target] = int8_path if quantized else float_path
+        return self._quantized[target]
 
 
 @contextlib.contextmanager
@@ -237,6 +306,7 @@ def summary(report: QuantizeReport) -> str:
         f"top-1 on {accuracy.images} {report.eval_data} test images: float {100 * accuracy.float_top1:.2f} % → "
         f"INT8 {100 * accuracy.int8_top1:.2f} % ({-accuracy.drop_points:+.2f} points; at most -{config.max_drop:g} "
         f"allowed), the two agree on {100 * accuracy.agreement:.1f} %",
-        f"calibration {config.calibration} on {config.calib_images} {report.calib_data} training images; op audit "
-        f"passed; {report.seconds:.1f} s",
+        f"calibration {config.calibration} on {config.calib_images} {report.calib_data} training images"
+        + (f", then {report.qat['steps']} quantization-aware fine-tuning steps" if report.qat else "")
+        + f"; op audit passed; {report.seconds:.1f} s",
     ])

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from vitdeploy.errors import VitDeployError
-from vitdeploy.schema import schema
+from pydantic import Field
+
+from vitdeploy.schema import check_fields, schema
+
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
 
 
 @schema
@@ -13,32 +19,27 @@ from vitdeploy.schema import schema
 class TrainConfig:
     model: str = "fmnist_vit"
     data: str = "fashion-mnist"
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    crop_padding: int = 0
+    epochs: Count = 15
+    batch_size: Count = 128
+    lr: Positive = 2e-3
+    min_lr: NonNegative = 1e-5
+    weight_decay: NonNegative = 0.05
+    warmup_epochs: NonNegative = 1.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    crop_padding: Annotated[int, Field(ge=0)] = 0
     """Random-shift augmentation in pixels (0 = off); horizontal flips are always on."""
     seed: int = 0
-    threads: int = 2
-    limit: int | None = None
+    threads: Count = 2
+    limit: Count | None = None
     init: str | None = None
     """A model directory to start from (fine-tuning) instead of a seeded random init."""
-    distill_temperature: float = 1.0
+    distill_temperature: Positive = 1.0
     """Temperature τ of the distillation term, used only when a teacher is given."""
-    distill_weight: float = 1.0
+    distill_weight: NonNegative = 1.0
     """Weight α of the distillation term: loss = CE + α·τ²·KL(teacher ‖ student) at temperature τ."""
 
     def validate(self) -> "TrainConfig":
-        if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
-            raise VitDeployError("--epochs, --batch-size and --threads must be at least 1")
-        if not self.lr > 0:
-            raise VitDeployError("--lr must be positive")
-        if not self.distill_temperature > 0 or self.distill_weight < 0:
-            raise VitDeployError("the distillation temperature must be positive and its weight at least 0")
+        check_fields(self)
         return self
 
     def command(self, out: str) -> str:

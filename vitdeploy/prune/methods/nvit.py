@@ -5,9 +5,10 @@ time with short distilled fine-tunes, then compacted into a smaller dense model.
 from __future__ import annotations
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.prune.nvit_config import CRITERIA, NViTConfig
+from vitdeploy.prune.nvit_config import CRITERIA, LATENCY_PRECISIONS, NViTConfig
 from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
 from vitdeploy.prune.summaries import nvit_summary
+from vitdeploy.quantize.config import INT8
 
 TRAIN_DATA = DataOption("--calib", "fine-tuning and importance data (its train split): fashion-mnist or an "
                                    "ImageFolder directory")
@@ -22,7 +23,10 @@ def run(model, config: NViTConfig, context):
 
     if config.target_latency_ms is not None and not config.lut:
         raise VitDeployError("--target-latency-ms needs --lut FILE (a latency table for the target device)")
-    table, drift = table_for_model(config.lut, model) if config.target_latency_ms is not None else (None, None)
+    if config.target_latency_ms is None:
+        table, drift = None, None
+    else:
+        table, drift = table_for_model(config.lut, model, int8=config.latency_precision == INT8)
     train_data = dataset_for(model, context.data, "train", resize=context.resize, pipeline=context.pipeline)
     pruned, report = prune_nvit(model, config, train_data, context.eval_data, lut=table, progress=context.progress)
     if table is not None:
@@ -39,6 +43,8 @@ METHODS.register(PruneMethod(
         "target_flops": "target FLOPs as a ratio of the unpruned model's, in (0, 1)",
         "target_latency_ms": "target predicted latency in ms, instead of --target-flops (needs --lut)",
         "lut": "latency table for the latency term (default: FLOPs stand in)",
+        "latency_precision": "int8: the latency target is for the pruned model once quantized (vitdeploy quantize); "
+                             "needs a table built with --precision int8",
         "criterion": "importance criterion",
         "eta": "weight of the latency term",
         "temperature": "distillation temperature of the KL term to the unpruned model",
@@ -51,4 +57,5 @@ METHODS.register(PruneMethod(
         "round_to": "keep every dim a multiple of this; 16 if sparse24 follows",
         "seed": "calibration sampling and fine-tuning order",
     },
-    choices={"criterion": CRITERIA}, defaults={"target_flops": None}, run=run, summary=nvit_summary, data=TRAIN_DATA))
+    choices={"criterion": CRITERIA, "latency_precision": LATENCY_PRECISIONS}, defaults={"target_flops": None},
+    run=run, summary=nvit_summary, data=TRAIN_DATA))
