@@ -60,7 +60,6 @@ from vitdeploy.lut.table import (
 from vitdeploy.models.spec import BlockSpec, TokenStep, ViTSpec
 from vitdeploy.models.vit import Attention, Block, Mlp, ViT
 from vitdeploy.quantize.config import INT8
-from vitdeploy.quantize.ptq import Int8Source
 
 OPSET = ExportConfig().opset
 """Part graphs use the whole-model exporter's default opset (20: GELU is one ``Gelu`` op)."""
@@ -436,7 +435,9 @@ class _Profiler:
 
     def engine(self, source: ModelSource) -> Engine:
         if self.int8:
-            source = Int8Source(source, (self.batch, *source.input_shape()))
+            from vitdeploy.quantize.ptq import Int8Source  # ONNX Runtime's quantizer: only for INT8 tables
+
+            source = Int8Source(source, self.batch)
         engine = self.backend.build(source, self.config)
         if not self.device_name:
             self.device_name, self.engine_metadata = engine.device_name, engine.metadata()

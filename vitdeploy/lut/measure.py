@@ -24,7 +24,6 @@ from vitdeploy.lut.table import (
 )
 from vitdeploy.models.vit import ViT
 from vitdeploy.quantize.config import INT8
-from vitdeploy.quantize.ptq import Int8Source
 
 MEASURE_PLAN = TimingPlan(warmup=5, iters=60, rounds=6)
 """Whole-model timing: medians of 60 interleaved runs per model."""
@@ -51,8 +50,9 @@ def _measure(models: dict[str, ViT], metadata: TableMetadata, plan: TimingPlan |
     with tempfile.TemporaryDirectory(prefix="vitdeploy-measure-") as work:
         sources = {name: ModelSource(name, Path(work) / name, model=model.eval()) for name, model in models.items()}
         if metadata.precision == INT8:
-            sources = {name: Int8Source(source, (metadata.batch, *source.input_shape()))
-                       for name, source in sources.items()}
+            from vitdeploy.quantize.ptq import Int8Source  # ONNX Runtime's quantizer: only for INT8 tables
+
+            sources = {name: Int8Source(source, metadata.batch) for name, source in sources.items()}
         engines = {name: backend.build(source, config.validate())
                    for name, source in tqdm(sources.items(), desc="whole models", disable=not progress)}
         shape = next(iter(models.values())).spec

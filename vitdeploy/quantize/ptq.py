@@ -234,12 +234,12 @@ def quantize_for_timing(float_path: Path, out: Path, example_shape: tuple[int, .
 
 
 class Int8Source:
-    """``source`` with its ONNX graph quantized for timing (``quantize_for_timing``) on inputs of
-    ``example_shape`` (batch first): what latency tables of precision int8 measure. Everything
-    else is ``source``'s."""
+    """``source`` with its ONNX graph quantized for timing (``quantize_for_timing``) on ``batch``
+    inputs of its own shape: what latency tables of precision int8 measure. Everything else is
+    ``source``'s."""
 
-    def __init__(self, source, example_shape: tuple[int, ...]):
-        self._source, self._example_shape = source, example_shape
+    def __init__(self, source, batch: int):
+        self._source, self._example_shape = source, (batch, *source.input_shape())
         self._quantized: dict[str, Path] = {}
 
     def __getattr__(self, name: str):
