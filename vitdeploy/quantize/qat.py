@@ -147,8 +147,5 @@ def tensor_overrides(graph: onnx.ModelProto, nodes: list[str], inputs: dict[str,
     module each was exported from."""
     from vitdeploy.quantize.ptq import module_of
 
-    overrides = {}
-    for node in graph.graph.node:
-        if node.name in nodes:
-            overrides[node.input[0]] = inputs[module_of(node)].override()
-    return overrides
+    wanted = set(nodes)
+    return {node.input[0]: inputs[module_of(node)].override() for node in graph.graph.node if node.name in wanted}
