@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
+from onnxruntime.quantization.quant_utils import compute_scale_zp
 from torch import nn
 
 from vitdeploy.quantize.config import QuantizeConfig
@@ -42,14 +43,14 @@ class InputQuantization:
 
     @classmethod
     def calibrated(cls, low: float, high: float, target: str) -> "InputQuantization":
-        """ONNX Runtime's min-max rule for the range [low, high] (widened to hold 0): uint8 with a
-        zero point for onnxruntime, symmetric int8 (zero point 0) for tensorrt."""
-        low, high = min(low, 0.0), max(high, 0.0)
-        if target == "tensorrt":
-            bound = max(-low, high)
-            return cls(bound / 127 if bound > 0 else 1.0, 0, -127, 127)
-        scale = (high - low) / 255 if high > low else 1.0
-        return cls(scale, int(np.clip(round(-low / scale), 0, 255)), 0, 255)
+        """ONNX Runtime's own min-max rule for the range [low, high]: uint8 with a zero point for
+        onnxruntime, symmetric int8 (zero point 0) for tensorrt."""
+        symmetric = target == "tensorrt"
+        qmin, qmax = (-127, 127) if symmetric else (0, 255)
+        dtype = np.int8 if symmetric else np.uint8
+        zero_point, scale = compute_scale_zp(np.array(low, np.float32), np.array(high, np.float32),
+                                             np.array(qmin, dtype), np.array(qmax, dtype), symmetric=symmetric)
+        return cls(float(scale), int(zero_point), qmin, qmax)
 
     def override(self) -> list[dict]:
         """The form ONNX Runtime's ``TensorQuantOverrides`` takes."""
