@@ -7,6 +7,8 @@ variants start from seeded random weights and need no calibration images:
 - ``STAR-shaped``: STAR's keep rates (``star.keep_rates``, their Eq. 5) at ρ = 0.7 for an average
   cosine similarity that rises linearly with depth, with uniform inter-layer scores, so the plan
   has STAR's shape and its fused-score selector's cost;
+- ``ToMe``: token merging with r = 13 in every block but the last (the paper's DeiT-S setting;
+  the largest r the model's blocks can merge on smaller models);
 - ``NViT-shaped``: NViT's global ranking (``structural.plan_removals``: magnitude importance of
   these weights minus η × FLOPs share) and compaction (``structural.compact``) in one shot down to
   0.5× the FLOPs, every pruned dim a multiple of 64, which keeps every block Linear inside
@@ -20,6 +22,7 @@ from __future__ import annotations
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
 from vitdeploy.prune.importance import magnitude_importance
+from vitdeploy.prune.methods.tome.schedule import largest_r, per_block, tome_spec
 from vitdeploy.prune.nvit_config import NViTConfig
 from vitdeploy.prune.sparsity import sparsify_24
 from vitdeploy.prune.star import StarStatistics, star_spec
@@ -29,6 +32,7 @@ from vitdeploy.models.token_plan import apply_keep_plan, with_spec
 
 KEEP_PLAN = "4:0.7,7:0.7,10:0.7"
 STAR_RHO = 0.7
+TOME_R = 13
 NVIT_FLOPS = 0.5
 NVIT_ROUND_TO = 64
 """Multiples of 64 fit both of torch's fp16/bf16 2:4 backends (cuSPARSELt: 16 × 16; CUTLASS: 32 rows
@@ -43,6 +47,7 @@ def campaign_variants(base: ViT) -> dict[str, ViT]:
         BASELINE: base,
         f"keep {KEEP_PLAN}": apply_keep_plan(base, KEEP_PLAN),
         f"STAR-shaped ρ={STAR_RHO}": with_spec(base, star_shaped_spec(base.spec, STAR_RHO)),
+        "ToMe": with_spec(base, tome_shaped_spec(base.spec, TOME_R)),
         f"NViT-shaped {NVIT_FLOPS}× FLOPs": nvit,
         "2:4": sparsify_24(base)[0],
         "2:4 + NViT-shaped": sparsify_24(nvit)[0],
@@ -55,6 +60,11 @@ def star_shaped_spec(spec: ViTSpec, rho: float) -> ViTSpec:
     stats = StarStatistics(acs=[layer / (depth - 1) for layer in range(depth)],
                            inter_scores=[[1.0] * patches for _ in range(depth)])
     return star_spec(spec, stats, rho)
+
+
+def tome_shaped_spec(spec: ViTSpec, r: int) -> ViTSpec:
+    """ToMe merging ``r`` tokens in every block but the last, or as many as the model allows."""
+    return tome_spec(spec, per_block(min(r, largest_r(spec, "constant")), spec.depth, "constant"))
 
 
 def nvit_shaped(model: ViT, ratio: float) -> ViT:

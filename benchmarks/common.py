@@ -29,6 +29,29 @@ def accuracy_flops_png(series: dict[str, list[tuple[float, float]]], baseline_to
     return png_bytes(fig)
 
 
+def accuracy_latency_png(series: dict[str, list[tuple[float, float]]], unpruned_top1: float, xlabel: str,
+                         title: str, budgets: tuple[float, ...] = ()) -> bytes:
+    """Top-1 % against measured latency (× the unpruned model's), one line per series of
+    (ratio, top-1 %) points, the unpruned model as a star and dotted lines at ``budgets``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, points in series.items():
+        ax.plot(*zip(*sorted(points)), marker="o", label=method)
+    ax.scatter([1.0], [unpruned_top1], color="black", marker="*", s=80, label="unpruned")
+    for share in budgets:
+        ax.axvline(share, color="gray", linestyle=":", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 % (Fashion-MNIST test)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
 def png_bytes(fig) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt

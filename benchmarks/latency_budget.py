@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import png_bytes
+from common import accuracy_latency_png
 from vitdeploy.data import dataset_for
 from vitdeploy.errors import VitDeployError
 from vitdeploy.evaluate import evaluate
@@ -91,27 +91,43 @@ def nvit_alone(base, budget_ms: float, args) -> tuple[object, dict]:
 def star_alone(base, budget_ms: float, args, train) -> tuple[object, dict]:
     config = TokenPruneConfig(method="star", target_latency_ms=budget_ms, lut=args.lut)
     model, report = METHODS.get("star").prune(base, config, PruneContext(data="fashion-mnist", progress=True))
-    tune = NViTConfig(threads=args.threads).train_config(seed_offset=1)
-    report["fine_tune"] = fine_tune(model, train, tune, args.final_steps, teacher=base, progress=True)
+    report["fine_tune"] = fine_tuned(model, base, train, args)
     return model, report
+
+
+def fine_tuned(model, teacher, train, args) -> dict:
+    """Fine-tune ``model`` in place for ``--final-steps``, distilled from ``teacher``; its report."""
+    tune = NViTConfig(threads=args.threads).train_config(seed_offset=1)
+    return fine_tune(model, train, tune, args.final_steps, teacher=teacher, progress=True)
 
 
 @timed
 def optimized(base, share: float, args, work: Path) -> tuple[object, dict]:
     check = share in {float(s) for s in args.check_ranking_at.split(",") if s.strip()}
+    return optimize_at(base, share, args, work, check_ranking=check)
+
+
+def optimize_at(base, share: float, args, work: Path, **settings) -> tuple[object, dict]:
+    """``vitdeploy optimize`` at ``share`` of the unpruned latency, with ``settings`` beyond the
+    run's own: the chosen model and the result."""
     config = OptimizeConfig(budget_ratio=share, lut=args.lut, finetune_steps=args.final_steps,
-                            check_ranking=check, eval_limit=args.test_limit, threads=args.threads)
-    out = work / f"optimize-{share:g}"
+                            eval_limit=args.test_limit, threads=args.threads, **settings)
+    out = Path(tempfile.mkdtemp(prefix=f"optimize-{share:g}-", dir=work))
     result = optimize(base, config, out)
     return load_model(str(out / "model")), result
 
 
-def run(args) -> dict:
-    started = time.perf_counter()
+def reference_setup(args):
+    """The shipped reference model, its table checked against it (and the drift), the train and test data."""
     base = load_model(REFERENCE_MODEL)
     table, drift = table_for_model(args.lut, base)
     train = dataset_for(base, "fashion-mnist", "train")
-    test = dataset_for(base, "fashion-mnist", "test", args.test_limit)
+    return base, table, drift, train, dataset_for(base, "fashion-mnist", "test", args.test_limit)
+
+
+def run(args) -> dict:
+    started = time.perf_counter()
+    base, table, drift, train, test = reference_setup(args)
     models, rows, unreachable = {"unpruned": base}, [], []
     with tempfile.TemporaryDirectory(prefix="latency-budget-") as work:
         for share in (float(s) for s in args.budgets.split(",")):
@@ -211,27 +227,13 @@ def _correlation_lines(verdicts: list[dict]) -> list[str]:
 
 
 def plot(result: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
-        points = sorted((r["measured_ratio"], 100 * r["top1"]) for r in result["rows"] if r["method"] == method)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=method)
-    unpruned = result["unpruned"]
-    ax.scatter([1.0], [100 * unpruned["top1"]], color="black", marker="*", s=80, label="unpruned")
-    for share in sorted({r["budget_share"] for r in result["rows"]}):
-        ax.axvline(share, color="gray", linestyle=":", linewidth=0.8)
-    ax.set_xlabel(f"measured latency, × the unpruned model's (batch {result['key'][3]}, {result['key'][1]}, "
-                  "interleaved); dotted: budgets")
-    ax.set_ylabel("top-1 % (Fashion-MNIST test)")
-    ax.set_title("fmnist_vit under latency budgets")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return png_bytes(fig)
+    series = {method: [(r["measured_ratio"], 100 * r["top1"]) for r in result["rows"] if r["method"] == method]
+              for method in METHODS}
+    return accuracy_latency_png(
+        {method: points for method, points in series.items() if points}, 100 * result["unpruned"]["top1"],
+        f"measured latency, × the unpruned model's (batch {result['key'][3]}, {result['key'][1]}, interleaved); "
+        "dotted: budgets", "fmnist_vit under latency budgets",
+        tuple(sorted({r["budget_share"] for r in result["rows"]})))
 
 
 def main(argv: list[str]) -> None:

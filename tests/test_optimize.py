@@ -150,6 +150,17 @@ def test_single_searches_give_one_kind_of_candidate(setup, tmp_path, search):
             == {"star", "patch-slimming"}
 
 
+def test_token_merging_joins_the_search_on_every_structure(setup, tmp_path):
+    model, table, lut = setup
+    result = optimize(model, config(lut, budget_ratio=0.65, tokens="tome", alone="tome"), tmp_path / "out",
+                      progress=False)
+    planned = [c for c in result["candidates"] if c["tokens"] is not None]
+    assert {c["kind"] for c in planned} == {"joint", "tokens alone"}
+    assert {c["tokens"]["method"] for c in planned} == {"tome"}
+    assert all(c["tokens"]["knob"]["r_per_block"] and measured_within(c, 0.65) for c in planned)
+    assert result["final"]["within_budget"] and result["final"]["export"]["audit_passed"]
+
+
 def test_checked_ranking_fine_tunes_every_candidate_and_correlates_each_round(setup, tmp_path):
     model, table, lut = setup
     result = optimize(model, config(lut, budget_ratio=0.6, check_ranking=True), tmp_path / "out", progress=False)
@@ -206,14 +217,13 @@ def test_nvit_latency_target_is_checked_against_a_measurement(setup):
     assert latency["measured_ratio"] <= 0.7 * (1 + 1e-3) and latency["prediction_error_pct"] < 0.5
 
 
-@pytest.mark.parametrize("method", ["uniform", "star"])
+@pytest.mark.parametrize("method", ["uniform", "star", "tome"])
 def test_token_latency_target_is_drift_corrected_and_checked_against_a_measurement(setup, method):
     from vitdeploy.prune.registry import METHODS, PruneContext
-    from vitdeploy.prune.token_config import TokenPruneConfig
 
     model, table, lut = setup
     target = 0.8 * unpruned_ms(model, table)  # today's machine is DRIFT × slower than the table
-    config = TokenPruneConfig(method=method, target_latency_ms=target, lut=lut)
+    config = METHODS.get(method).make_config({"target_latency_ms": target, "lut": lut})
     pruned, report = METHODS.get(method).prune(model, config, PruneContext(data="fashion-mnist", resize=True,
                                                                           progress=False))
     latency = report["latency"]

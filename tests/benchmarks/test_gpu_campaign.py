@@ -72,11 +72,12 @@ def test_smoke_times_every_variant_at_every_batch(smoke):
     assert group["failed"] == {}
     rows = {(r["variant"], r["batch"]): r for r in group["rows"]}
     variants = set(speed["shapes"]["smoke-vit"])
-    assert set(rows) == {(v, b) for v in variants for b in (1, 2)} and len(variants) == 6
+    assert set(rows) == {(v, b) for v in variants for b in (1, 2)} and len(variants) == 7
     assert all(r["median_ms"] > 0 and r["p99_ms"] >= r["median_ms"] and r["mfu"] > 0 for r in rows.values())
     assert rows[("baseline", 1)]["speedup"] == 1.0 and rows[("baseline", 1)]["flops_reduction"] == 1.0
     assert 1.9 < rows[("NViT-shaped 0.5× FLOPs", 1)]["flops_reduction"] < 2.1
     assert rows[("keep 4:0.7,7:0.7,10:0.7", 1)]["flops_reduction"] > 1.2
+    assert rows[("ToMe", 1)]["flops_reduction"] > 1.05
     assert speed["shapes"]["smoke-vit"]["2:4"]["sparsity"] == "2:4"
     assert not any(r["sparse_kernels"] for r in rows.values())  # no 2:4 kernels on a CPU
 

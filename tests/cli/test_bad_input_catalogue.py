@@ -128,6 +128,17 @@ def spec_edit(name: str = "m", **changes) -> Setup:
     return build
 
 
+def tome_beside_cls_attn(name: str = "m") -> Setup:
+    """A spec that merges tokens in block 1 and drops them by class attention in block 2."""
+    def build(w: Path, assets) -> None:
+        assets.put("tiny", w, name)
+        spec = json.loads((w / name / "spec.json").read_text())
+        spec["blocks"][0]["tokens"] = {"keep": 12, "selector": "tome"}
+        spec["blocks"][1]["tokens"] = {"keep": 8, "selector": "cls_attn"}
+        (w / name / "spec.json").write_text(json.dumps(spec))
+    return build
+
+
 def deit_with_config(**model_args) -> Setup:
     def build(w: Path, assets) -> None:
         assets.put("deit.safetensors", w, "m.safetensors")
@@ -651,6 +662,17 @@ CASES = [
          "prune uniform m --target-latency-ms 0.000001 --lut tt.json --out o", (model(), tiny_table())),
     Case("prune-uniform-latency-table-for-other-geometry", "latency table",
          "prune uniform m --target-latency-ms 5 --lut t.json --out o", (model(), table())),
+    Case("prune-tome-r-larger-than-the-blocks-can-merge", "option", "prune tome m --r 5 --out o", (model(),)),
+    Case("prune-tome-r-negative", "option", "prune tome m --r -1 --out o", (model(),)),
+    Case("prune-tome-r-nan", "option", "prune tome m --r nan --out o", (model(),)),
+    Case("prune-tome-schedule-longer-than-the-depth", "option", "prune tome m --r-per-block 1,1,1,1 --out o",
+         (model(),)),
+    Case("prune-tome-block-merging-more-than-it-can", "option", "prune tome m --r-per-block 2,8 --out o", (model(),)),
+    Case("prune-tome-on-a-model-with-a-token-plan", "spec", "prune tome m --r 2 --out o",
+         (spec_edit(blocks0={"tokens": {"keep": 10, "selector": "cls_attn"}}),)),
+    Case("spec-tome-merging-more-than-half", "spec", "export m --out x.onnx",
+         (spec_edit(blocks0={"tokens": {"keep": 6, "selector": "tome"}}),)),
+    Case("spec-tome-beside-another-selector", "spec", "export m --out x.onnx", (tome_beside_cls_attn(),)),
     Case("optimize-width-step-above-1", "option", "optimize m --budget-ms 5 --width-step 1.5 --lut tt.json --out o",
          (model(), tiny_table())),
     Case("optimize-unknown-method-alone", "option", "optimize m --budget-ms 5 --alone star,nope --lut tt.json --out o",

@@ -17,7 +17,8 @@ examples:
   vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search nvit --out out/nvit9   # structure only
   vitdeploy optimize fmnist_vit --budget-ms 9 --lut TABLE.json --search tokens --out out/t9   # STAR or Patch Slimming
   vitdeploy optimize fmnist_vit --budget-ratio 0.5 --check-ranking --out out/checked   # all fine-tuned fully
-  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --precisions fp32,int8 --out out/int8   # INT8 candidates too"""
+  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --precisions fp32,int8 --out out/int8   # INT8 candidates too
+  vitdeploy optimize fmnist_vit --budget-ratio 0.5 --tokens tome --alone tome,star --out out/merge  # token merging"""
 
 OPTIONS = {
     "budget_ms": "latency budget in ms at the table's batch",

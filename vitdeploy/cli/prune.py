@@ -17,6 +17,7 @@ EXAMPLES = """\
 examples:
   vitdeploy prune star fmnist_vit --target-flops 0.7 --calib fashion-mnist --eval fashion-mnist --out out/star
   vitdeploy prune cls-attn fmnist_vit --rate 0.5 --package --out out/evit
+  vitdeploy prune tome fmnist_vit --r 4 --eval fashion-mnist --out out/tome4
   vitdeploy prune nvit fmnist_vit --target-flops 0.5 --round-to 16 --calib fashion-mnist --out out/nvit
   vitdeploy prune sparse24 out/nvit --calib fashion-mnist --out out/nvit24
   vitdeploy prune spvit fmnist_vit --budget-flops 0.6 --data fashion-mnist --out out/spvit"""

@@ -414,7 +414,7 @@ def predict_block(table: LatencyTable, tokens: int, embed: int, heads: int, qk: 
     """Latency (ms) of one block with ``tokens`` entering; ``qk``/``v`` are per-head dims.
 
     ``mlp_tokens``: the tokens the MLP part runs on when fewer than enter (one in the last block
-    of a non-distilled export). Its cost is linear in them, so extrapolating below the grid's
+    of a non-distilled export, N − r after a ToMe merge). Its cost is linear in them, so extrapolating below the grid's
     token axis is exact under the MAC model and is not flagged.
     """
     points = {
@@ -437,8 +437,9 @@ def predict_block(table: LatencyTable, tokens: int, embed: int, heads: int, qk: 
 def predict(table: LatencyTable, spec: ViTSpec, include_fixed: bool = True) -> dict[str, Any]:
     """Predicted latency of a whole model: total ms, the fixed part, and one entry per block.
 
-    Token plans are followed through ``spec.tokens_entering()``; a block with an active token
-    step adds the ``token_step`` part. In a non-distilled model the last block's MLP runs on the
+    Token plans are followed through ``spec.tokens_entering()`` and ``spec.mlp_tokens()``; a block
+    with an active token step adds the ``token_step`` part (a ToMe merge is priced as a class-token
+    step: the table has no part of its own for the matching). In a non-distilled model the last block's MLP runs on the
     class token alone (``mlp_tokens`` 1), as in its fused export. ``include_fixed=False``
     predicts the blocks only, for a spec whose input geometry differs from the table's (latency
     *differences*, as latency-aware pruning uses them, do not need the fixed part).
@@ -447,14 +448,15 @@ def predict(table: LatencyTable, spec: ViTSpec, include_fixed: bool = True) -> d
     scale only for blocks-only predictions, whose offset belongs to no block).
     """
     blocks, extrapolated = [], []
-    for index, (block, tokens) in enumerate(zip(spec.blocks, spec.tokens_entering()), start=1):
-        class_token_only = index == spec.depth and not spec.has_dist_head
+    counts = zip(spec.blocks, spec.tokens_entering(), spec.mlp_tokens())
+    for index, (block, tokens, mlp_tokens) in enumerate(counts, start=1):
+        if index == spec.depth and not spec.has_dist_head:
+            mlp_tokens = 1
         result = predict_block(table, tokens, spec.embed_dim, block.heads, block.qk_dim, block.v_dim,
                                block.mlp_dim, token_step=block.tokens.active,
-                               mlp_tokens=1 if class_token_only else None)
+                               mlp_tokens=None if mlp_tokens == tokens else mlp_tokens)
         parts = {f"{name}_ms": ms for name, ms in result.parts.items()}
-        blocks.append({"block": index, "tokens": tokens, "mlp_tokens": 1 if class_token_only else tokens,
-                       "ms": result.ms, **parts})
+        blocks.append({"block": index, "tokens": tokens, "mlp_tokens": mlp_tokens, "ms": result.ms, **parts})
         extrapolated += [f"block {index}: {axis}" for axis in result.extrapolated]
     fixed_ms = 0.0
     if include_fixed:

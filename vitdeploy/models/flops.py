@@ -2,9 +2,10 @@
 
 Per block with N tokens entering, embed dim D, H heads, per-head dims qk and v, MLP width M:
     qkv  = N·D·H·(2·qk + v)        attention = H·N²·(qk + v)
-    proj = N·H·v·D                 mlp       = 2·N·D·M
-plus, for a block that drops tokens by score, what its selector's scoring costs (the
-class-attention row H·N·qk, or the SPViT selector's Linear layers on the patch tokens). Patch embedding
+    proj = N·H·v·D                 mlp       = 2·N'·D·M
+where N' = N, or N − r in a block that merges r tokens between attention and MLP (ToMe),
+plus, for a block with a token step, what its selector's scoring costs (the class-attention row
+H·N·qk, the SPViT selector's Linear layers on the patch tokens, ToMe's key similarities). Patch embedding
 costs N_patches·C·p²·D and each classifier head D·classes. Norms, softmax and GELU are not
 counted, the usual convention (fvcore, the NViT and SPViT papers).
 """
@@ -37,15 +38,16 @@ class BlockMacs:
 def block_macs(spec: ViTSpec, tokens_entering: list[int] | None = None) -> list[BlockMacs]:
     """MACs per block; ``tokens_entering`` overrides the spec's token counts (a-STAR images)."""
     result = []
-    counts = zip(spec.blocks, tokens_entering or spec.tokens_entering(), spec.package_tokens_entering())
-    for block, n, packages in counts:
+    mlp_tokens = tokens_entering or spec.mlp_tokens()
+    counts = zip(spec.blocks, tokens_entering or spec.tokens_entering(), mlp_tokens, spec.package_tokens_entering())
+    for block, n, n_mlp, packages in counts:
         h, qk, v, d = block.heads, block.qk_dim, block.v_dim, spec.embed_dim
         result.append(BlockMacs(
             tokens=n,
             qkv=n * d * h * (2 * qk + v),
             attention=h * n * n * (qk + v),
             proj=n * h * v * d,
-            mlp=2 * n * d * block.mlp_dim,
+            mlp=2 * n_mlp * d * block.mlp_dim,
             token_scores=_token_score_macs(spec, block, n, n - spec.num_prefix_tokens - packages),
         ))
     return result

@@ -166,6 +166,15 @@ class ViTSpec:
             for patches, packages in zip(self.patch_tokens_entering(), self.package_tokens_entering())
         ]
 
+    def mlp_tokens(self) -> list[int]:
+        """Tokens each block's MLP runs on: those entering the block, fewer where it merges tokens
+        between attention and MLP (ToMe)."""
+        counts = []
+        for block, n, patches in zip(self.blocks, self.tokens_entering(), self.patch_tokens_entering()):
+            merges = block.tokens.active and SELECTORS.get(block.tokens.selector).merges
+            counts.append(n - (patches - block.tokens.keep) if merges else n)
+        return counts
+
     @property
     def adaptive(self) -> bool:
         """True when some token step keeps an input-dependent number of tokens (a-STAR)."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitdeploy.models.spec import SELECTION_METHODS, BlockSpec, ViTSpec
-from vitdeploy.tokens import select
+from vitdeploy.tokens import merge, select
 from vitdeploy.tokens.selectors import SELECTORS
 
 
@@ -35,17 +35,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, block.heads * (2 * block.qk_dim + block.v_dim), bias=qkv_bias)
         self.proj = nn.Linear(block.heads * block.v_dim, dim)
 
-    def forward(self, x: torch.Tensor, want_cls_scores: bool = False,
-                alive: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fused attention (SDPA) and, if asked, the class token's attention to every token.
+    def forward(self, x: torch.Tensor, want: str | None = None, alive: torch.Tensor | None = None,
+                sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fused attention (SDPA) and what the block's token step asks for (``want``): the class
+        token's attention to every token (``cls_scores``), or the keys averaged over heads (``keys``).
 
-        ``alive`` (B, N) of 0/1 masks dead tokens out as keys (a-STAR's input-dependent drops).
+        ``alive`` (B, N) of 0/1 masks dead tokens out as keys (a-STAR's input-dependent drops);
+        ``sizes`` (B, N) makes the attention proportional to merged tokens' sizes (ToMe).
         """
         q, k, v = self.project_qkv(x)
         key_mask = None if alive is None else alive.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=self.scale)
-        cls_scores = select.cls_attention(q[:, :, :1], k, self.scale, key_mask) if want_cls_scores else None
-        return self._merge_heads(out), cls_scores
+        bias = key_mask if sizes is None else merge.proportional_bias(sizes)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        extra = None
+        if want == "cls_scores":
+            extra = select.cls_attention(q[:, :, :1], k, self.scale, key_mask)
+        elif want == "keys":
+            extra = k.mean(dim=1)
+        return self._merge_heads(out), extra
 
     def explicit(self, x: torch.Tensor, normalise=lambda logits: torch.softmax(logits, dim=-1)
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +92,8 @@ class Block(nn.Module):
     """A transformer block and its token step.
 
     ``forward`` takes and returns ``positions`` (B, N_patches, as floats): where each patch token
-    came from in the image, tracked only when a STAR step needs it (otherwise None).
+    came from in the image, tracked only when a STAR step needs it, and ``sizes`` (B, N): how many
+    patches each token stands for, from the first ToMe merge on (otherwise both are None).
     """
 
     def __init__(self, spec: ViTSpec, block: BlockSpec, patch_tokens_in: int):
@@ -104,28 +112,34 @@ class Block(nn.Module):
         if self.token_selector is not None:
             self.token_selector.attach(self, self.step, block, spec)
 
-    def residual(self, x: torch.Tensor, attend) -> tuple[torch.Tensor, object]:
+    def residual(self, x: torch.Tensor, attend, between=None) -> tuple[torch.Tensor, object]:
         """The block's residual structure around any attention: ``attend(norm1(x))`` returns
         (output, extra); the MLP follows. Returns (tokens, extra). Every mode uses it: fused
         (``forward``), masked keys (``forward_adaptive``), explicit probabilities (calibration)
-        and soft masks (SPViT training)."""
+        and soft masks (SPViT training). ``between(tokens, extra)`` → (tokens, extra) runs between
+        attention and MLP (ToMe's merge)."""
         attn_out, extra = attend(self.norm1(x))
         x = x + attn_out
+        if between is not None:
+            x, extra = between(x, extra)
         return x + self.mlp(self.norm2(x)), extra
 
-    def forward(self, x: torch.Tensor, selection: str = "topk",
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, cls_scores = self.residual(x, lambda h: self.attn(h, want_cls_scores=self.needs_cls_scores))
+    def forward(self, x: torch.Tensor, selection: str = "topk", positions: torch.Tensor | None = None,
+                sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.merges:
+            x, sizes = self.residual(x, lambda h: self.attn(h, self.from_attention, sizes=sizes),
+                                     lambda t, keys: self.token_selector.merge(self, t, keys, sizes, selection))
+            return x, positions, sizes
+        x, cls_scores = self.residual(x, lambda h: self.attn(h, self.from_attention, sizes=sizes))
         if not self.step.active:
-            return x, positions
-        return self._drop_tokens(x, cls_scores, selection, positions)
+            return x, positions, sizes
+        return (*self._drop_tokens(x, cls_scores, selection, positions), sizes)
 
     def forward_adaptive(self, x: torch.Tensor, alive: torch.Tensor,
                          positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The block on all tokens with dead ones masked out of attention (a-STAR, PyTorch only);
         returns the new ``alive`` mask over every token (prefix tokens always live)."""
-        x, cls_scores = self.residual(
-            x, lambda h: self.attn(h, want_cls_scores=self.needs_cls_scores, alive=alive))
+        x, cls_scores = self.residual(x, lambda h: self.attn(h, self.from_attention, alive=alive))
         if not self.step.active:
             return x, alive
         patch = slice(self.num_prefix, None)
@@ -134,8 +148,15 @@ class Block(nn.Module):
         return x, torch.cat([alive[:, : self.num_prefix], kept], dim=1)
 
     @property
-    def needs_cls_scores(self) -> bool:
-        return self.token_selector is not None and self.token_selector.needs_cls_attention
+    def merges(self) -> bool:
+        return self.token_selector is not None and self.token_selector.merges
+
+    @property
+    def from_attention(self) -> str | None:
+        """What the token step reads from the attention (``Attention.forward``'s ``want``)."""
+        if self.merges:
+            return "keys"
+        return "cls_scores" if self.token_selector is not None and self.token_selector.needs_cls_attention else None
 
     def _patch_scores(self, cls_scores: torch.Tensor | None, positions: torch.Tensor | None,
                       patches: torch.Tensor) -> torch.Tensor:
@@ -216,8 +237,9 @@ class ViT(nn.Module):
             return self.forward_adaptive(x)[0]
         x = self.embed(x)
         positions = self._patch_positions(x) if self.spec.tracks_patch_positions else None
+        sizes = None
         for block in self.blocks:
-            x, positions = block(x, self.selection, positions)
+            x, positions, sizes = block(x, self.selection, positions, sizes)
         return self.norm(x)
 
     def forward_adaptive(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

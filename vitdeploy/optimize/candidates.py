@@ -231,12 +231,12 @@ def _with_plan(search: Search, name: str, kind: str, structure, structure_ratio:
 def _token_plan(search: Search, structure, method: str, goal_ratio: float):
     """(model, report): ``structure`` with ``method``'s plan predicted at ``goal_ratio`` of the
     unpruned latency; ``VitDeployError`` if the method cannot go that low."""
-    from vitdeploy.prune.token_config import TokenPruneConfig
+    from vitdeploy.prune.registry import METHODS
     from vitdeploy.prune.token_methods import prune_tokens
 
-    goal_ms = goal_ratio * search.base_ms
-    config = TokenPruneConfig(method=method, target_latency_ms=goal_ms, lut=search.table_file,
-                              calib_size=search.config.calib_size, seed=search.config.seed)
+    settings = {"target_latency_ms": goal_ratio * search.base_ms, "lut": search.table_file,
+                "calib_size": search.config.calib_size, "seed": search.config.seed}
+    config = METHODS.get(method).make_config(settings, known_only=True)
     return prune_tokens(structure, config, search.calib_images, progress=search.progress)
 
 

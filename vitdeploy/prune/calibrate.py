@@ -51,8 +51,8 @@ def calibration_images(model: ViT, source: str, size: int, seed: int = 0, resize
 
 def require_dense_tokens(model: ViT) -> None:
     if any(b.tokens.active for b in model.spec.blocks):
-        raise VitDeployError("token pruning calibrates on a model without a token plan; this one already drops "
-                             "tokens (start from the unpruned model)")
+        raise VitDeployError("token methods plan on a model without a token plan; this one already drops or "
+                             "merges tokens (start from the unpruned model)")
 
 
 def trace(model: ViT, images: torch.Tensor, requires_grad: bool = False) -> Trace:

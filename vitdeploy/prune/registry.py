@@ -9,6 +9,7 @@ their help); ``vitdeploy prune <method>`` builds its options from them. The regi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,9 +72,13 @@ class PruneMethod:
     defaults: dict[str, Any] = field(default_factory=dict)
     """Command-line defaults that differ from the config's (e.g. no target until one is given)."""
 
-    def make_config(self, values: dict[str, Any], name: Callable[[str], str] = str) -> Any:
+    def make_config(self, values: dict[str, Any], name: Callable[[str], str] = str, known_only: bool = False) -> Any:
         """The method's settings from ``values``, checked; ``name`` says how messages name a field
-        (e.g. ``schema.flag_name`` when the values came from the command line)."""
+        (e.g. ``schema.flag_name`` when the values came from the command line). ``known_only``
+        drops the values the method has no field for (shared settings offered to every method)."""
+        if known_only:
+            fields = {f.name for f in dataclasses.fields(self.config)}
+            values = {key: value for key, value in values.items() if key in fields}
         return validated(self.config(**values, **self.fixed), name)
 
     def prune(self, model, config, context: PruneContext) -> tuple[Any, dict]:

@@ -6,19 +6,19 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from vitdeploy.prune.registry import DataOption
+from vitdeploy.prune.registry import METHODS, DataOption
 
 CALIB = DataOption("--calib", "calibration data (its train split): fashion-mnist or an ImageFolder directory")
 
 
 def run_token_method(model, config, context):
-    """Draw the calibration images (when the method's data is given), then apply the method's plan;
+    """Draw the calibration images (when the method reads data and it is given), then apply the plan;
     a latency target is met as NViT meets it (``_to_latency_target``)."""
     from vitdeploy.prune.calibrate import calibration_images
     from vitdeploy.prune.token_methods import prune_tokens
 
     images = None
-    if context.data:
+    if context.data and METHODS.get(config.method).data is not None:
         images = calibration_images(model, context.data, config.calib_size, config.seed, context.resize)
     if config.target_latency_ms is None:
         return prune_tokens(model, config, images, context.eval_data, progress=context.progress)

@@ -26,6 +26,9 @@ class TokenSelector:
     """The block computes the class token's attention row for this step's scores."""
     tracks_positions = False
     """Scores depend on each token's original patch position, which the model then tracks."""
+    merges = False
+    """The step merges tokens between attention and MLP (ToMe), with the attention's keys and
+    the tokens' sizes, instead of dropping them after the block."""
     fields: tuple[str, ...] = ()
     """The ``STEP_FIELDS`` this selector owns."""
 
@@ -45,6 +48,10 @@ class TokenSelector:
 
     def gather(self, block, patches, positions):
         """Unscored selectors: (kept patches, their positions or None)."""
+        raise NotImplementedError
+
+    def merge(self, block, x, keys, sizes, selection):
+        """Merging selectors: (tokens, sizes) after merging, from the tokens after attention."""
         raise NotImplementedError
 
     def score_macs(self, spec, block_spec, tokens: int, patches: int) -> int:

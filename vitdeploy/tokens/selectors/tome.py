@@ -1,0 +1,37 @@
+"""``tome``: token merging (ToMe). Between attention and MLP the block merges ``n − keep`` patch
+tokens into their most similar partners (``vitdeploy.tokens.merge``); from the first merge on,
+every block's attention is proportional to the tokens' sizes."""
+
+from __future__ import annotations
+
+from vitdeploy.errors import VitDeployError
+from vitdeploy.tokens.selectors import SELECTORS, TokenSelector
+
+
+@SELECTORS.register
+class TokenMerging(TokenSelector):
+    name = "tome"
+    merges = True
+
+    def validate(self, step, index, n_in, spec, block_spec) -> None:
+        if n_in - step.keep > n_in // 2:
+            raise VitDeployError(f"block {index}: ToMe merges at most {n_in // 2} of the {n_in} patch tokens "
+                                 f"entering it (one per token of the smaller set), not {n_in - step.keep}")
+        if step.package:
+            raise VitDeployError(f"block {index}: a tome step merges tokens; it has no package token")
+        others = sorted({b.tokens.selector for b in spec.blocks if b.tokens.active} - {self.name})
+        if others:
+            raise VitDeployError(f"block {index}: ToMe steps cannot share a model with {', '.join(others)} steps: "
+                                 "merging changes the tokens those steps score")
+
+    def merge(self, block, x, keys, sizes, selection):
+        from vitdeploy.tokens.merge import merge_tokens
+
+        r = block.patch_tokens_in - block.step.keep
+        return merge_tokens(x, keys, sizes, r, block.num_prefix, selection)
+
+    def score_macs(self, spec, block_spec, tokens, patches) -> int:
+        """The A × B key similarities, plus the one-hot merge of r tokens (and their sizes) into B."""
+        set_a, set_b = (patches + 1) // 2, patches // 2
+        merged = patches - block_spec.tokens.keep
+        return set_a * set_b * block_spec.qk_dim + merged * set_b * (spec.embed_dim + 1)
