@@ -13,10 +13,15 @@ class TokenMerging(TokenSelector):
     name = "tome"
     merges = True
 
+    @staticmethod
+    def most_merged(n_in: int) -> int:
+        """The most tokens a block can merge: one per token of the smaller set, B."""
+        return n_in // 2
+
     def validate(self, step, index, n_in, spec, block_spec) -> None:
-        if n_in - step.keep > n_in // 2:
-            raise VitDeployError(f"block {index}: ToMe merges at most {n_in // 2} of the {n_in} patch tokens "
-                                 f"entering it (one per token of the smaller set), not {n_in - step.keep}")
+        if n_in - step.keep > self.most_merged(n_in):
+            raise VitDeployError(f"block {index}: ToMe merges at most {self.most_merged(n_in)} of the {n_in} patch "
+                                 f"tokens entering it (one per token of the smaller set), not {n_in - step.keep}")
         if step.package:
             raise VitDeployError(f"block {index}: a tome step merges tokens; it has no package token")
         others = sorted({b.tokens.selector for b in spec.blocks if b.tokens.active} - {self.name})

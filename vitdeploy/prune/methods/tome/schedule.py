@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import TokenStep, ViTSpec
+from vitdeploy.tokens.selectors.tome import TokenMerging
 
 
 def per_block(r: float, depth: int, shape: str) -> list[int]:
@@ -19,11 +20,13 @@ def tome_spec(spec: ViTSpec, merges: list[int] | tuple[int, ...]) -> ViTSpec:
     if len(merges) > spec.depth - 1:
         raise VitDeployError(f"the ToMe schedule lists {len(merges)} blocks, but a {spec.depth}-block model merges "
                              f"in blocks 1..{spec.depth - 1} at most (the last block's merge changes nothing)")
+    too_many = _first_block_merging_too_many(spec.num_patches, merges)
+    if too_many is not None:
+        index, n, r = too_many
+        raise VitDeployError(f"block {index + 1} can merge at most {TokenMerging.most_merged(n)} of the {n} patch "
+                             f"tokens entering it (one per token of the smaller set), not r={r}")
     steps, n = {}, spec.num_patches
     for index, r in enumerate(merges):
-        if r > n // 2:
-            raise VitDeployError(f"block {index + 1} can merge at most {n // 2} of the {n} patch tokens entering it "
-                                 f"(one per token of the smaller set), not r={r}")
         if r:
             n -= r
             steps[index] = TokenStep(keep=n, selector="tome")
@@ -33,15 +36,17 @@ def tome_spec(spec: ViTSpec, merges: list[int] | tuple[int, ...]) -> ViTSpec:
 def largest_r(spec: ViTSpec, shape: str) -> int:
     """The largest r whose schedule every block can merge."""
     r = 0
-    while _fits(spec, per_block(r + 1, spec.depth, shape)):
+    while _first_block_merging_too_many(spec.num_patches, per_block(r + 1, spec.depth, shape)) is None:
         r += 1
     return r
 
 
-def _fits(spec: ViTSpec, merges: list[int]) -> bool:
-    n = spec.num_patches
-    for r in merges:
-        if r > n // 2:
-            return False
+def _first_block_merging_too_many(patches: int, merges) -> tuple[int, int, int] | None:
+    """(block index, patch tokens entering it, r) of the first block asked to merge more than it
+    can, or None."""
+    n = patches
+    for index, r in enumerate(merges):
+        if r > TokenMerging.most_merged(n):
+            return index, n, r
         n -= r
-    return True
+    return None
