@@ -6,10 +6,12 @@ accuracy against measured latency, next to dropping tokens, NViT and the joint o
 
 ``speed``: the unpruned DeiT-S and ToMe at r = 8 and r = 13 (constant schedule), each beside its
 twin: the same token counts with the matching replaced by keeping the first tokens, so the gap
-between the two is what the matching and the merge cost. All exported through the checked
-exporter and timed interleaved with ONNX Runtime in one process (2 threads). Efficiency is
-speedup × FLOPs ratio: 1 when the speedup is all the FLOPs promise. Writes
-benchmarks/results/tome-speed-deit_small_patch16_224-<cpu>-onnxruntime.{json,md}.
+between the two is what the matching and the merge cost; and beside the same merge written with
+ScatterElements adds instead of one-hot MatMuls. All exported through the checked
+exporter and timed interleaved with ONNX Runtime in one process (``--threads``, 1 by default),
+``--repeats`` times to show how far runs spread. Efficiency is speedup × FLOPs ratio: 1 when
+the speedup is all the FLOPs promise. Writes
+benchmarks/results/tome-speed-deit_small_patch16_224-<cpu>-onnxruntime-t<threads>.{json,md}.
 
 ``fmnist``: on the trained reference model, ToMe at several constant r with and without a
 distilled fine-tune (``--final-steps``); then at each budget (``--budgets`` × the unpruned
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -51,6 +54,7 @@ from vitdeploy.prune.methods.tome.config import ToMeConfig
 from vitdeploy.prune.methods.tome.schedule import per_block, tome_spec
 from vitdeploy.prune.registry import METHODS, PruneContext
 from vitdeploy.tables import format_table
+from vitdeploy.tokens.merge import bipartite_matching, gather_rows
 from vitdeploy.tokens.selectors.tome import TokenMerging
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,60 +73,88 @@ class KeepFirst(TokenMerging):
         return x[:, :n], sizes[:, :n]
 
 
-def twin(model):
-    """``model`` (a ToMe plan) with every merge replaced by ``KeepFirst``."""
+class ScatterAdd(TokenMerging):
+    """ToMe with the moves added to their partners by ScatterElements (``add`` reduction) instead of
+    one-hot MatMuls: the form that TensorRT runs only through a plugin, timed on ONNX Runtime."""
+
+    def merge(self, block, x, keys, sizes, selection):
+        matching = bipartite_matching(keys, block.patch_tokens_in - block.step.keep, block.num_prefix, selection)
+        sizes = torch.ones(x.shape[:2], dtype=x.dtype) if sizes is None else sizes
+        source_sizes = sizes.gather(1, matching.sources)
+        new_sizes = sizes.gather(1, matching.kept).scatter_add(1, matching.targets, source_sizes)
+        tokens = gather_rows(x, matching.kept)
+        weights = (source_sizes / new_sizes.gather(1, matching.targets)).unsqueeze(-1)
+        moves = weights * (gather_rows(x, matching.sources) - gather_rows(tokens, matching.targets))
+        return tokens.scatter_add(1, matching.targets.unsqueeze(-1).expand_as(moves), moves), new_sizes
+
+
+def twin(model, selector: type[TokenMerging] = KeepFirst):
+    """``model`` (a ToMe plan) with every merge done by ``selector``."""
     twin_model = with_spec(model, model.spec)
     for block in twin_model.blocks:
         if block.merges:
-            block.token_selector = KeepFirst()
+            block.token_selector = selector()
     return twin_model
 
 
 # --- speed ------------------------------------------------------------------------------------------
 
 def speed(args) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     base = load_model(DEIT)
     models = {"unpruned": base}
     for r in DEIT_R:
         merged = with_spec(base, tome_spec(base.spec, per_block(r, base.spec.depth, "constant")))
         models[f"tome r={r}"], models[f"keep-first twin r={r}"] = merged, twin(merged)
+        models[f"scatter-add merge r={r}"] = twin(merged, ScatterAdd)
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         sources = {name: ModelSource(f"model-{i}", tmp, model=m) for i, (name, m) in enumerate(models.items())}
-        result = bench_sources(sources, "onnxruntime", BuildConfig(batch_sizes=(args.batch,), threads=2),
-                               TimingPlan(warmup=3, iters=args.iters, rounds=args.rounds), progress=True)
-    ms = {row["model"]: row["median_ms"] for row in result.rows}
-    rows = [_speed_row(name, models, ms) for name in models if name != "unpruned"]
-    summary = {"model": DEIT, "batch": args.batch, "threads": 2, "unpruned_ms": ms["unpruned"], "rows": rows,
-               "command": f"python benchmarks/tome.py speed --batch {args.batch} --iters {args.iters} "
-                          f"--rounds {args.rounds}",
-               "environment": environment(2), "bench": result.to_dict()}
-    stem = RESULTS / f"tome-speed-{DEIT}-{device_slug(cpu_name())}-onnxruntime"
+        for _ in range(args.repeats):
+            result = bench_sources(sources, "onnxruntime", BuildConfig(batch_sizes=(args.batch,), threads=args.threads),
+                                   TimingPlan(warmup=3, iters=args.iters, rounds=args.rounds), progress=True)
+            runs.append({row["model"]: row["median_ms"] for row in result.rows})
+    rows = [_speed_row(name, models, runs) for name in models if name != "unpruned"]
+    summary = {"model": DEIT, "batch": args.batch, "threads": args.threads, "repeats": args.repeats,
+               "unpruned_ms": statistics.median(run["unpruned"] for run in runs), "rows": rows, "runs_ms": runs,
+               "command": f"python benchmarks/tome.py speed --batch {args.batch} --threads {args.threads} "
+                          f"--iters {args.iters} --rounds {args.rounds} --repeats {args.repeats}",
+               "environment": environment(args.threads), "bench": result.to_dict()}
+    stem = RESULTS / f"tome-speed-{DEIT}-{device_slug(cpu_name())}-onnxruntime-t{args.threads}"
     write_json_atomic(stem.with_suffix(".json"), summary)
     write_bytes_atomic(stem.with_suffix(".md"), speed_markdown(summary).encode())
     print(speed_markdown(summary))
 
 
-def _speed_row(name: str, models: dict, ms: dict) -> dict:
+def _speed_row(name: str, models: dict, runs: list[dict]) -> dict:
+    """Each figure per run, then its median over the runs (and the range of the two that matter)."""
     flops_ratio = total_macs(models[name].spec) / total_macs(models["unpruned"].spec)
-    speedup = ms["unpruned"] / ms[name]
-    row = {"model": name, "median_ms": ms[name], "flops_ratio": flops_ratio, "speedup": speedup,
-           "efficiency": speedup * flops_ratio}
+    efficiency = [run["unpruned"] / run[name] * flops_ratio for run in runs]
+    row = {"model": name, "median_ms": statistics.median(run[name] for run in runs), "flops_ratio": flops_ratio,
+           "speedup": statistics.median(run["unpruned"] / run[name] for run in runs),
+           "efficiency": statistics.median(efficiency), "efficiency_range": [min(efficiency), max(efficiency)]}
     if name.startswith("tome"):
-        twin_ms = ms[name.replace("tome", "keep-first twin")]
-        row["matching_share"] = (ms[name] - twin_ms) / ms[name]
+        twin_name = name.replace("tome", "keep-first twin")
+        share = [(run[name] - run[twin_name]) / run[name] for run in runs]
+        row.update(matching_share=statistics.median(share), matching_share_range=[min(share), max(share)])
     return row
 
 
 def speed_markdown(summary: dict) -> str:
+    def spread(row: dict, key: str, scale: float = 1, digits: int = 2, unit: str = "") -> str:
+        low, high = (scale * value for value in row[f"{key}_range"])
+        return f"{scale * row[key]:.{digits}f}{unit} ({low:.{digits}f} to {high:.{digits}f})"
+
     rows = [[r["model"], f"{r['median_ms']:.1f}", f"{r['flops_ratio']:.3f}", f"{r['speedup']:.2f}×",
-             f"{r['efficiency']:.2f}", f"{100 * r['matching_share']:.1f} %" if "matching_share" in r else ""]
+             spread(r, "efficiency"), spread(r, "matching_share", 100, 1, " %") if "matching_share" in r else ""]
             for r in summary["rows"]]
     return "\n".join([
         f"# ToMe speed: {summary['model']} (random weights), batch {summary['batch']}, ONNX Runtime CPU, "
         f"{summary['threads']} threads", "",
-        f"Unpruned: {summary['unpruned_ms']:.1f} ms. Efficiency = speedup × FLOPs ratio (1: the speedup is all the "
-        "FLOPs promise). Matching share: (ToMe − its keep-first twin) / ToMe, the time the matching and merge take.",
+        f"{summary['repeats']} interleaved runs; each figure is the median over the runs, with the lowest and highest "
+        f"in brackets. Unpruned: {summary['unpruned_ms']:.1f} ms. Efficiency = speedup × FLOPs ratio (1: the speedup "
+        "is all the FLOPs promise). Matching share: (ToMe − its keep-first twin) / ToMe, the time the matching and "
+        "merge take.",
         "", format_table(["model", "median ms", "FLOPs ratio", "speedup", "efficiency", "matching share"], rows), "",
         f"Command: `{summary['command']}`", ""])
 
@@ -241,8 +273,11 @@ def main(argv: list[str]) -> None:
     sub = parser.add_subparsers(dest="part", required=True)
     speed_parser = sub.add_parser("speed")
     speed_parser.add_argument("--batch", type=int, default=8)
+    speed_parser.add_argument("--threads", type=int, default=1,
+                              help="ONNX Runtime threads (1: steadier on a VM, see docs/latency.md)")
     speed_parser.add_argument("--iters", type=int, default=20)
     speed_parser.add_argument("--rounds", type=int, default=4)
+    speed_parser.add_argument("--repeats", type=int, default=1, help="interleaved runs, to show how far they spread")
     fmnist_parser = sub.add_parser("fmnist")
     fmnist_parser.add_argument("--lut", required=True, help="latency table measured for fmnist_vit")
     fmnist_parser.add_argument("--budgets", default="0.7,0.5,0.35")

@@ -52,14 +52,21 @@ def simulate(monkeypatch, table: LatencyTable, **machine) -> SimulatedMachine:
     return simulated
 
 
-@pytest.fixture
-def setup(tmp_path, monkeypatch):
+def simulated_setup(tmp_path, monkeypatch, overhead_share: float = 0.0, **machine):
+    """The tiny model, its table (saved as ``tmp_path``/table.json) and a simulated machine on which
+    every model also pays ``overhead_share`` of the unpruned model's sum of parts."""
     model = tiny_model(tiny_spec(num_classes=10))
     table = table_for_this_machine(model.spec)
-    simulate(monkeypatch, table)
+    overhead_ms = overhead_share * predict(table, model.spec)["raw_ms"]
+    simulate(monkeypatch, table, overhead_ms=overhead_ms, **machine)
     path = tmp_path / "table.json"
     save_table(table, path)
     return model, table, str(path)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    return simulated_setup(tmp_path, monkeypatch)
 
 
 def config(lut: str, budget_ms: float | None = None, **overrides) -> OptimizeConfig:
@@ -104,13 +111,9 @@ def test_joint_search_measures_every_candidate_and_races_them_with_the_single_me
 
 
 def test_candidates_measured_over_budget_are_remade_for_a_corrected_goal(tmp_path, monkeypatch):
-    model = tiny_model(tiny_spec(num_classes=10))
-    table = table_for_this_machine(model.spec)
-    save_table(table, tmp_path / "table.json")
-    overhead = 0.15 * predict(table, model.spec)["raw_ms"]  # every model slower than its parts: savings shrink
-    simulate(monkeypatch, table, overhead_ms=overhead)
-    result = optimize(model, config(str(tmp_path / "table.json"), budget_ratio=0.6), tmp_path / "out",
-                      progress=False)
+    # every model slower than its parts: savings shrink
+    model, table, lut = simulated_setup(tmp_path, monkeypatch, overhead_share=0.15)
+    result = optimize(model, config(lut, budget_ratio=0.6), tmp_path / "out", progress=False)
     assert result["savings_scale"] < 0.95
     assert any(len(c["measurements"]) > 1 for c in result["candidates"])
     assert all(measured_within(c, 0.6) for c in result["candidates"])
@@ -118,12 +121,8 @@ def test_candidates_measured_over_budget_are_remade_for_a_corrected_goal(tmp_pat
 
 
 def test_a_final_measurement_over_budget_takes_the_next_candidate_down(tmp_path, monkeypatch):
-    model = tiny_model(tiny_spec(num_classes=10))
-    table = table_for_this_machine(model.spec)
-    save_table(table, tmp_path / "table.json")
-    simulate(monkeypatch, table, slow_results=1, slow_factor=1.2)
-    result = optimize(model, config(str(tmp_path / "table.json"), budget_ratio=0.6), tmp_path / "out",
-                      progress=False)
+    model, table, lut = simulated_setup(tmp_path, monkeypatch, slow_results=1, slow_factor=1.2)
+    result = optimize(model, config(lut, budget_ratio=0.6), tmp_path / "out", progress=False)
     first, second = result["final"]["attempts"]
     assert not first["within_budget"] and first["target_error_pct"] > 3
     assert second["within_budget"] and result["chosen"] == second["candidate"] != first["candidate"]
@@ -231,6 +230,36 @@ def test_token_latency_target_is_drift_corrected_and_checked_against_a_measureme
     assert latency["target_ratio"] == pytest.approx(0.8, rel=1e-3)
     assert 0.6 < latency["measured_ratio"] <= 0.8 * (1 + 1e-3)
     assert report["config"]["lut"] == lut
+
+
+def test_a_token_latency_target_missed_when_measured_is_met_by_a_remade_plan(tmp_path, monkeypatch):
+    from vitdeploy.prune.registry import METHODS, PruneContext
+
+    # every model slower than its parts: the savings shrink, so the first plan measures over the target
+    model, table, lut = simulated_setup(tmp_path, monkeypatch, overhead_share=0.15)
+    target = 0.8 * DRIFT * 1.15 * predict(table, model.spec)["raw_ms"]
+    config = METHODS.get("uniform").make_config({"target_latency_ms": target, "lut": lut})
+    pruned, report = METHODS.get("uniform").prune(model, config, PruneContext(data=None, progress=False))
+    latency = report["latency"]
+    first, *_, last = latency["attempts"]
+    assert len(latency["attempts"]) > 1 and first["measured_ratio"] > 0.8 * 1.01
+    assert latency["measured_ratio"] == last["measured_ratio"] <= 0.8 * 1.01
+    assert last["goal_ms"] < first["goal_ms"] == target and report["config"]["target_latency_ms"] == target
+
+
+def test_a_plan_that_stays_over_the_target_is_reported_as_missed(tmp_path, monkeypatch):
+    from vitdeploy.prune.registry import METHODS, PruneContext
+    from vitdeploy.prune.summaries import latency_line
+
+    # the method cannot go low enough
+    model, table, lut = simulated_setup(tmp_path, monkeypatch, slow_results=99, slow_factor=1.6)
+    config = METHODS.get("uniform").make_config({"target_latency_ms": 0.5 * unpruned_ms(model, table), "lut": lut})
+    pruned, report = METHODS.get("uniform").prune(model, config, PruneContext(data=None, progress=False))
+    latency = report["latency"]
+    measured = [a["measured_ratio"] for a in latency["attempts"] if "measured_ratio" in a]
+    assert latency["target_error_pct"] > 1 and any("refused" in a for a in latency["attempts"])
+    assert len(measured) > 1 and latency["measured_ratio"] == min(measured)
+    assert f"after {len(latency['attempts'])} tries" in latency_line(latency)
 
 
 # --- INT8 candidates ----------------------------------------------------------------------------------

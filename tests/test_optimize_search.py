@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from vitdeploy.optimize.candidates import Candidate, Measurement, corrected_goal
+from vitdeploy.lut.measure import corrected_goal
+from vitdeploy.optimize.candidates import Candidate, Measurement
 from vitdeploy.optimize.halving import halve, rank_correlation, ranking, successive_halving
 
 
@@ -90,11 +91,22 @@ def test_across_precisions_the_smaller_share_of_the_budget_ranks_first():
     assert [c.name for c in halve([fp32, int8])] == ["int8"]
 
 
-def test_corrected_goal_lands_the_measurement_on_the_budget_when_savings_scale_linearly():
-    # the table predicted 0.5× but the machine saved only 0.4 of the latency: 80 % of the predicted savings
-    goal = corrected_goal(0.5, Measurement(predicted_ratio=0.5, measured_ratio=0.6))
-    assert 1 - 0.8 * (1 - goal) == pytest.approx(0.5)
-    assert corrected_goal(0.5, Measurement(predicted_ratio=0.5, measured_ratio=1.02)) is None
+@pytest.mark.parametrize("machine", [lambda p: 1.2 * p, lambda p: p + 0.1, lambda p: 1 - 0.8 * (1 - p)],
+                         ids=["off-by-a-factor", "a-fixed-cost-more", "savings-scaled"])
+def test_corrected_goals_land_on_the_target_without_over_pruning(machine):
+    """Each simulated machine measures a plan predicted at p as ``machine(p)``; a table is wrong in
+    each of these three ways in practice (a slower machine, a cost it does not price, overheads)."""
+    measurements = [(0.5, machine(0.5))]
+    for _ in range(2):
+        goal = corrected_goal(0.5, measurements)
+        assert machine(goal) >= 0.5 - 1e-9  # never below the target: no pruning beyond what it needs
+        measurements.append((goal, machine(goal)))
+    assert measurements[-1][1] == pytest.approx(0.5)
+
+
+def test_corrected_goal_gives_up_when_the_measurements_show_no_way_down():
+    assert corrected_goal(0.5, [(0.5, 1.02)]) is None
+    assert corrected_goal(0.5, [(0.6, 0.7), (0.5, 0.75)]) is None  # pruning more measured slower
 
 
 def test_rank_correlation():

@@ -22,16 +22,41 @@ LIBRARIES = ("torch", "onnxruntime", "numpy")
 _SLUG_NOISE = re.compile(r"\((?:R|TM|C)\)|\bCPU\b|@\s*[\d.]+\s*[GM]Hz", re.IGNORECASE)
 
 
+ISA_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+"""The /proc/cpuinfo flags that change which kernels ONNX Runtime and PyTorch pick (vector width,
+integer dot products), so two CPUs sold under one name can be told apart in a result."""
+
+
 def cpu_name() -> str:
     """The CPU's marketing name: /proc/cpuinfo's 'model name', else what ``platform`` reports."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_generation() -> dict:
+    """The CPU's family and model numbers and which of ``ISA_EXTENSIONS`` it has (None and [] where
+    /proc/cpuinfo does not say)."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"family": info.get("cpu family"), "model": info.get("model"),
+            "isa": [name for name in ISA_EXTENSIONS if name in flags]}
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo, or {} where it cannot be read."""
+    fields: dict[str, str] = {}
     try:
-        for line in CPUINFO.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
+        text = CPUINFO.read_text(errors="replace")
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return fields
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        if value.strip():
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def cpu_count() -> int:
@@ -102,6 +127,7 @@ def environment(threads: int | None = None) -> dict:
     """
     return {
         "cpu": cpu_name(),
+        "cpu_generation": cpu_generation(),
         "cpu_count": cpu_count(),
         "gpu": gpu_info(),
         "os": platform.platform(),

@@ -256,6 +256,17 @@ def test_driver_version_none_without_nvidia_smi(monkeypatch: pytest.MonkeyPatch)
     assert hardware.nvidia_driver_version() is None
 
 
+def test_the_cpu_generation_tells_apart_cpus_sold_under_one_name(tmp_path, monkeypatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\n"
+                       "flags\t\t: fpu avx2 avx512f avx512_vnni\n\nprocessor\t: 1\nmodel name\t: other\n")
+    monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
+    assert hardware.cpu_name() == "AMD EPYC"
+    assert hardware.cpu_generation() == {"family": "26", "model": "2", "isa": ["avx2", "avx512f", "avx512_vnni"]}
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "missing")
+    assert hardware.cpu_generation() == {"family": None, "model": None, "isa": []}
+
+
 def test_environment_is_json_ready() -> None:
     env = json.loads(json.dumps(hardware.environment(threads=2)))
     assert env["threads"] == 2 and env["cpu"] and env["cpu_count"] >= 1

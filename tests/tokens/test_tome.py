@@ -54,9 +54,10 @@ def loop_merge(x, keys, sizes, r, num_prefix):
 
 @pytest.mark.parametrize("method", ["topk", "rank"])
 @pytest.mark.parametrize("num_prefix", [1, 2])
-def test_merge_equals_the_loop_reference_token_by_token(method, num_prefix):
+@pytest.mark.parametrize("patches, r", [(15, 5), (16, 8)], ids=["some", "all-of-A"])
+def test_merge_equals_the_loop_reference_token_by_token(method, num_prefix, patches, r):
     generator = torch.Generator().manual_seed(num_prefix)
-    batch, n, r = 3, num_prefix + 15, 5
+    batch, n = 3, num_prefix + patches
     keys = torch.randn(batch, n, 6, generator=generator)
     sizes = torch.randint(1, 4, (batch, n), generator=generator).float()
     identity = torch.eye(n).expand(batch, n, n)  # token t's value is the t-th unit vector
@@ -142,10 +143,14 @@ def test_tome_cannot_share_a_model_with_other_selectors():
         spec.with_token_plan({0: TokenStep(keep=12, selector="tome"), 1: TokenStep(keep=8, selector="cls_attn")})
 
 
-@pytest.mark.parametrize("target, selection", [("tensorrt", "topk"), ("onnxruntime", "rank")])
-def test_export_is_sort_free_checked_and_batch_dynamic(tmp_path, target, selection):
+@pytest.mark.parametrize("target, selection, merges", [
+    ("tensorrt", "topk", [4, 3, 2]),
+    ("tensorrt", "topk", [8, 3, 2]),  # the first block merges all of A: no TopK ranks a whole axis
+    ("onnxruntime", "rank", [4, 3, 2]),
+])
+def test_export_is_sort_free_checked_and_batch_dynamic(tmp_path, target, selection, merges):
     spec = tiny_spec(blocks=uniform_blocks(4, 32, 2), distilled=True)
-    model = with_spec(tiny_model(spec), tome_spec(spec, [4, 3, 2]))
+    model = with_spec(tiny_model(spec), tome_spec(spec, merges))
     path = tmp_path / "tome.onnx"
     report = export_onnx(model, path, ExportConfig(target=target, selection=selection)).to_dict()
     assert report["parity"]["passed"] and len(report["parity"]["batch_sizes"]) > 1

@@ -184,6 +184,8 @@ class Backend(Protocol):
     """True when an engine takes a dynamic batch axis only (every token count is its own engine)."""
     triton: tuple[str, str] | None
     """Its Triton Inference Server platform and model file name, if Triton serves its engines."""
+    sparse_24: bool
+    """True when it has 2:4 sparse kernels for weights that a spec records as 2:4."""
     int8_float_precision: str | None
     """The build precision of the float layers around an INT8 Q/DQ graph's quantized ones; None when it
     cannot run Q/DQ graphs."""

@@ -11,8 +11,6 @@ left to wait for.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from vitdeploy.backends._base import BuildConfig, ModelSource
@@ -68,6 +66,7 @@ class OnnxRuntimeBackend:
     default_device = "cpu"
     static_shapes = False
     triton = ("onnxruntime_onnx", "model.onnx")
+    sparse_24 = False
     int8_float_precision = "fp32"
 
     def available(self, device: str = "cpu") -> bool:

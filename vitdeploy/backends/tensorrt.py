@@ -421,6 +421,7 @@ class TensorRTBackend:
     default_device = "cuda"
     static_shapes = True
     triton = ("tensorrt_plan", "model.plan")
+    sparse_24 = True
     int8_float_precision = "fp16"
     """LayerNorm, Softmax and GELU between the INT8 layers run in fp16, as TensorRT users build INT8 engines."""
 

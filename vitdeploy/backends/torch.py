@@ -129,6 +129,8 @@ class TorchBackend:
     default_device = "cpu"
     static_shapes = False
     triton = None
+    sparse_24 = True
+    """Through ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt) on CUDA."""
     int8_float_precision = None
     """Torch runs the float model itself, not Q/DQ graphs."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vitdeploy.backends import BuildConfig, ModelSource, get_backend
+from vitdeploy.backends import BACKENDS, BuildConfig, ModelSource, get_backend
 from vitdeploy.bench.harness import Measurement, TimingPlan, random_batch, time_interleaved
 from vitdeploy.bench.report import BenchResult
 from vitdeploy.errors import VitDeployError
@@ -16,25 +16,24 @@ from vitdeploy.models.flops import total_macs
 
 SPARSITY_CHOICES = ("auto", "none", "2:4")
 """``--sparsity``: 2:4 kernels where the spec records 2:4 and the build can run them, never, or always."""
-SPARSE_BACKENDS = ("torch", "tensorrt")
-"""Backends with 2:4 sparse kernels (ONNX Runtime has none)."""
 
 
 def sparse_weights_for(source: ModelSource, sparsity: str, backend_name: str, config: BuildConfig) -> bool:
     """Whether ``source`` is built with 2:4 sparse kernels (``BuildConfig.sparse_weights``).
 
-    ``auto``: when its spec records 2:4 and the build can run them (a backend in
-    ``SPARSE_BACKENDS``, CUDA, fp16 or bf16); otherwise dense kernels, as before. ``2:4``: always,
+    ``auto``: when its spec records 2:4 and the build can run them (a backend with
+    ``sparse_24``, CUDA, fp16 or bf16); otherwise dense kernels, as before. ``2:4``: always,
     so the backend's own checks say what is missing. ``none``: never.
     """
     if sparsity not in SPARSITY_CHOICES:
         raise VitDeployError(f"--sparsity {sparsity!r}: choose one of {', '.join(SPARSITY_CHOICES)}")
     if sparsity == "none":
         return False
-    if backend_name not in SPARSE_BACKENDS:
+    if not BACKENDS.get(backend_name).sparse_24:
         if sparsity == "2:4":
+            sparse = [name for name, backend in BACKENDS.items().items() if backend.sparse_24]
             raise VitDeployError(f"--sparsity 2:4: backend {backend_name} has no 2:4 sparse kernels; "
-                                 f"use --backend {' or '.join(SPARSE_BACKENDS)}")
+                                 f"use --backend {' or '.join(sparse)}")
         return False
     if sparsity == "2:4":
         return True

@@ -11,6 +11,7 @@ that it predicts today's measurement.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,10 @@ from vitdeploy.quantize.config import INT8
 
 MEASURE_PLAN = TimingPlan(warmup=5, iters=60, rounds=6)
 """Whole-model timing: medians of 60 interleaved runs per model."""
+TARGET_TOLERANCE = 0.01
+"""A measurement at most this share over its target meets it (timing noise)."""
+MEASURED_PLANS = 3
+"""Plans made for one latency target: the first, then remade while they measure over it."""
 
 
 def build_config_of(metadata: TableMetadata) -> BuildConfig:
@@ -120,3 +125,26 @@ def latency_check(table: LatencyTable, drift: Drift, unpruned: ViT, model: ViT, 
             "measured_ratio": ratio, "predicted_ratio": predicted_ratio, "target_ratio": target_ratio,
             "prediction_error_pct": 100 * abs(ratio - predicted_ratio) / ratio,
             "target_error_pct": 100 * (ratio / target_ratio - 1)}
+
+
+def corrected_goal(target_ratio: float, measurements: Sequence[tuple[float, float]]) -> float | None:
+    """The predicted ratio to aim for so that the next plan measures ``target_ratio``, from the
+    (predicted, measured) ratios of the plans made so far (all shares of the unpruned latency).
+
+    After one plan the goal is scaled by the miss (target × predicted / measured). That is exact
+    when the table is off by a factor, and lands between the last plan and the target when it
+    misprices by a fixed cost instead, so it does not over-prune. From two plans on, the line
+    through the last two points is solved for the target (a secant step), exact under either
+    error. None when the measurements give no way down: nothing saved, or more pruning measured
+    no faster."""
+    predicted, measured = measurements[-1]
+    if measured >= 1 or measured <= 0:
+        return None
+    if len(measurements) > 1:
+        earlier_predicted, earlier_measured = measurements[-2]
+        if predicted != earlier_predicted:
+            slope = (measured - earlier_measured) / (predicted - earlier_predicted)
+            if slope <= 0:
+                return None
+            return predicted + (target_ratio - measured) / slope
+    return target_ratio * predicted / measured

@@ -6,10 +6,10 @@ on ``vitdeploy prune nvit``'s schedule; and each token method of ``alone`` on th
 structure. The last two kinds are the single-method runs the choice has to beat.
 
 Every candidate is timed interleaved with the unpruned model, as a ratio to it. One that measures
-over the budget is made again for a goal corrected by that measurement: the table's predicted
-savings (1 − predicted ratio) are scaled by the savings measured, and the token plan is re-solved
-or, for NViT alone, the structure pruned further. A candidate still over after
-``MEASURE_ROUNDS`` measurements is dropped, with the reason.
+over the budget is made again for a goal corrected by its measurements
+(``vitdeploy.lut.measure.corrected_goal``: scaled by the miss, then a secant step), and the token
+plan is re-solved or, for NViT alone, the structure pruned further. A candidate still over after
+``MEASURED_PLANS`` measurements is dropped, with the reason.
 
 With INT8 in the search, each precision has its own ``Search``: its own latency table (INT8
 tables time Q/DQ graphs), pruner and unpruned reference, so an INT8 candidate is measured as a
@@ -30,9 +30,6 @@ from vitdeploy.errors import VitDeployError
 
 NVIT_ALONE, TOKENS_ALONE, JOINT = "nvit alone", "tokens alone", "joint"
 SINGLE_METHODS = (NVIT_ALONE, TOKENS_ALONE)
-CANDIDATE_TOLERANCE = 0.01
-"""A candidate may measure at most this share over the budget (the final check allows ``FINAL_TOLERANCE``)."""
-MEASURE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -242,13 +239,15 @@ def _token_plan(search: Search, structure, method: str, goal_ratio: float):
 
 def measure_within_budget(search: Search, candidates: list[Candidate]) -> tuple[list[Candidate], list[dict]]:
     """(the candidates that measure within the budget, the dropped ones and why), after up to
-    ``MEASURE_ROUNDS`` rounds of measuring and remaking the ones over it (module docstring)."""
-    limit = search.budget_ratio * (1 + CANDIDATE_TOLERANCE)
+    ``MEASURED_PLANS`` rounds of measuring and remaking the ones over it (module docstring)."""
+    from vitdeploy.lut.measure import MEASURED_PLANS, TARGET_TOLERANCE
+
+    limit = search.budget_ratio * (1 + TARGET_TOLERANCE)
     pending, dropped = list(candidates), []
-    for round_index in range(MEASURE_ROUNDS):
+    for round_index in range(MEASURED_PLANS):
         measure(search, pending)
         over = [c for c in pending if c.measured_ratio > limit]
-        pending = _remade(search, over, dropped) if round_index < MEASURE_ROUNDS - 1 else []
+        pending = _remade(search, over, dropped) if round_index < MEASURED_PLANS - 1 else []
         if not pending:
             break
     unmakeable, kept = {d["name"] for d in dropped}, []
@@ -266,12 +265,16 @@ def measure_within_budget(search: Search, candidates: list[Candidate]) -> tuple[
 def _remade(search: Search, over: list[Candidate], dropped: list[dict]) -> list[Candidate]:
     """``over`` made again for goals corrected by their measurements; the ones that cannot be go
     to ``dropped``."""
+    from vitdeploy.lut.measure import corrected_goal
+
     remade = []
     for candidate in over:
-        goal = corrected_goal(search.budget_ratio, candidate.measurements[-1])
+        goal = corrected_goal(search.budget_ratio, [(m.predicted_ratio, m.measured_ratio)
+                                                    for m in candidate.measurements])
         try:
             if goal is None:
-                raise VitDeployError("it measured no faster than the unpruned model")
+                raise VitDeployError("its measurements give no way down (nothing saved, or more pruning measured "
+                                     "no faster)")
             candidate.model, candidate.token_report = candidate.remake(goal)
             candidate.structure_ratio = search.structure_ratio(candidate.model)
             remade.append(candidate)
@@ -292,15 +295,6 @@ def measure(search: Search, candidates: list[Candidate]) -> None:
     for i, candidate in enumerate(candidates):
         ratio = times[f"candidate-{i}"] / times["unpruned"]
         candidate.measurements.append(Measurement(search.predicted_ratio(candidate.model), ratio))
-
-
-def corrected_goal(budget_ratio: float, measured: Measurement) -> float | None:
-    """The predicted ratio to aim for so that the measurement lands on ``budget_ratio``: the savings
-    the table predicts (1 − predicted ratio) scaled by those measured; None if nothing was saved."""
-    predicted_savings, measured_savings = 1 - measured.predicted_ratio, 1 - measured.measured_ratio
-    if predicted_savings <= 0 or measured_savings <= 0:
-        return None
-    return 1 - (1 - budget_ratio) * predicted_savings / measured_savings
 
 
 def savings_scale(candidates: list[Candidate]) -> float:

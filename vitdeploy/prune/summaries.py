@@ -62,7 +62,14 @@ def latency_line(latency: dict) -> str:
             f"{latency['speedup']:.2f}x faster; predicted {latency['predicted_ms']:.2f} ms (off by "
             f"{latency['prediction_error_pct']:.1f} %); target {latency['target_ms']:.2f} ms = "
             f"{latency['target_ratio']:.3f}x the unpruned latency, reached {latency['measured_ratio']:.3f}x "
-            f"({latency['target_error_pct']:+.1f} %)")
+            f"({latency['target_error_pct']:+.1f} %)" + _plans_made(latency.get("attempts", [])))
+
+
+def _plans_made(attempts: list[dict]) -> str:
+    if len(attempts) < 2:
+        return ""
+    return (f", after {len(attempts)} tries (a plan that measures over the target is made again for a goal "
+            "corrected by the measurements)")
 
 
 def sparse24_summary(report: dict, out: str) -> str:

@@ -33,6 +33,14 @@ from vitdeploy.models.token_plan import with_spec
 BISECTION_STEPS = 30
 
 
+class UnreachableTarget(VitDeployError):
+    """A FLOPs or latency target below the cheapest plan of the method; ``lowest`` is that plan's cost."""
+
+    def __init__(self, message: str, lowest: float):
+        super().__init__(message)
+        self.lowest = lowest
+
+
 def prune_tokens(model: ViT, config: TokenPruneConfig, calib_images: torch.Tensor | None,
                  eval_data=None, progress: bool = True, baseline_top1: float | None = None) -> tuple[ViT, dict]:
     """The model with the method's token plan, and a JSON-ready report (see the module docstring).
@@ -50,9 +58,14 @@ def prune_tokens(model: ViT, config: TokenPruneConfig, calib_images: torch.Tenso
               "calibration_seconds": round(time.perf_counter() - started, 2), **details,
               **plan_summary(model.spec, spec)}
     if eval_data is not None:
-        top1 = baseline_top1 if baseline_top1 is not None else evaluate(model, eval_data)
-        report.update(baseline_top1=top1, **_accuracy(pruned, eval_data))
+        report.update(accuracy_report(model, pruned, eval_data, baseline_top1))
     return pruned, report
+
+
+def accuracy_report(model: ViT, pruned: ViT, eval_data, baseline_top1: float | None = None) -> dict:
+    """Both models' top-1 on ``eval_data`` (the unpruned one's is measured unless given)."""
+    top1 = baseline_top1 if baseline_top1 is not None else evaluate(model, eval_data)
+    return {"baseline_top1": top1, **_accuracy(pruned, eval_data)}
 
 
 def plan_summary(base: ViTSpec, spec: ViTSpec) -> dict:
@@ -84,7 +97,7 @@ def solve_knob(make: Callable[[float], ViTSpec], target: CostTarget, bounds: tup
                progress: bool = False) -> tuple[float, ViTSpec]:
     """Bisect a knob whose cost is monotone in it; keep the costliest plan at or under the target.
 
-    ``increasing``: the cost grows with the knob. An unreachable target raises ``VitDeployError``
+    ``increasing``: the cost grows with the knob. An unreachable target raises ``UnreachableTarget``
     naming ``target.flag``, the option the user set it with.
     """
     lo, hi = (math.log(b) for b in bounds) if log else bounds
@@ -106,8 +119,8 @@ def solve_knob(make: Callable[[float], ViTSpec], target: CostTarget, bounds: tup
         spec = make(cheapest)
         floor = target.cost(spec)
         if floor > target.goal:
-            raise VitDeployError(f"{target.flag} {target.goal:g} cannot be reached: the lowest this method gives "
-                                 f"is {target.describe(floor)} (at {name} = {cheapest:g})")
+            raise UnreachableTarget(f"{target.flag} {target.goal:g} cannot be reached: the lowest this method gives "
+                                    f"is {target.describe(floor)} (at {name} = {cheapest:g})", floor)
         best = (cheapest, spec, floor)
     return best[0], best[1]
 

@@ -44,6 +44,16 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, k, dim=1, largest=True, sorted=True).indices
 
 
+def selected_indices(scores: torch.Tensor, k: int, method: str = "topk") -> torch.Tensor:
+    """Indices (B, k) of the k highest scores, highest first, by either selection method."""
+    if method == "rank":
+        positions = torch.arange(scores.shape[1], dtype=scores.dtype, device=scores.device)
+        return (rank_onehot(scores, k) @ positions).long()
+    if method != "topk":
+        raise ValueError(f"unknown selection method {method!r}")
+    return topk_indices(scores, k)
+
+
 def gather_tokens(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Tokens (B, N, D) at per-sample indices (B, k) → (B, k, D)."""
     return torch.gather(x, 1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1]))

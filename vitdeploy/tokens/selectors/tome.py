@@ -36,7 +36,8 @@ class TokenMerging(TokenSelector):
         return merge_tokens(x, keys, sizes, r, block.num_prefix, selection)
 
     def score_macs(self, spec, block_spec, tokens, patches) -> int:
-        """The A × B key similarities, plus the one-hot merge of r tokens (and their sizes) into B."""
+        """The A × B key similarities, and the one-hot MatMuls of the merge: each of the r merged
+        tokens reads its partner (token and size) and adds its move back, over the N − r outputs."""
         set_a, set_b = (patches + 1) // 2, patches // 2
         merged = patches - block_spec.tokens.keep
-        return set_a * set_b * block_spec.qk_dim + merged * set_b * (spec.embed_dim + 1)
+        return set_a * set_b * block_spec.qk_dim + 2 * merged * (tokens - merged) * (spec.embed_dim + 1)
