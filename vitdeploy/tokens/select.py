@@ -86,9 +86,7 @@ def token_selection(
     if method == "rank":
         onehot = rank_onehot(scores, k)
         return (lambda t: onehot.to(t.dtype) @ t), onehot.sum(dim=1)
-    if method != "topk":
-        raise ValueError(f"unknown selection method {method!r}")
-    indices = topk_indices(scores, k)
+    indices = selected_indices(scores, k, method)
     return (lambda t: gather_tokens(t, indices)), torch.zeros_like(scores).scatter(1, indices, 1.0)
 
 
