@@ -114,7 +114,7 @@ def best_partners(keys: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, to
     return similarity.max(dim=-1)
 
 
-def proportional_bias(sizes: torch.Tensor | None) -> torch.Tensor | None:
+def proportional_bias(sizes: torch.Tensor) -> torch.Tensor:
     """ToMe's proportional attention: log(size) added to every query's logit for each key, so a
-    token standing for s patches weighs as s copies of one; (B, 1, 1, N), or None before any merge."""
-    return None if sizes is None else sizes.log()[:, None, None, :]
+    token standing for s patches weighs as s copies of one; (B, 1, 1, N)."""
+    return sizes.log()[:, None, None, :]
