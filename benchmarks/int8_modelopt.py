@@ -71,10 +71,9 @@ def run(work: Path, python: str, plan: TimingPlan) -> dict:
     vitdeploy("export", "fmnist_vit", "--out", str(float_path))
     report = vitdeploy("quantize", "fmnist_vit", "--calib", "fashion-mnist", "--eval-limit", "10",
                        "--max-drop", "100", "--out", str(ours))
-    calibration = work / "calibration.npy"
-    np.save(calibration, np.concatenate(calibration_batches(dataset_for(model, "fashion-mnist", "train",
-                                                                        QuantizeConfig().calib_images),
-                                                            QuantizeConfig())))
+    calibration, settings = work / "calibration.npy", QuantizeConfig()
+    train = dataset_for(model, "fashion-mnist", "train", settings.calib_images)
+    np.save(calibration, np.concatenate(calibration_batches(train, settings)))
     linear = [name for names in nodes_by_part(onnx.load(float_path), ("linear",)).values() for name in names]
     graphs = {"vitdeploy quantize (defaults)": ours,
               "ModelOpt (defaults)": work / "modelopt-defaults.int8.onnx",
@@ -83,19 +82,13 @@ def run(work: Path, python: str, plan: TimingPlan) -> dict:
     modelopt_int8(python, float_path, calibration, graphs["ModelOpt (vitdeploy's nodes, max calibration)"],
                   nodes_to_quantize=linear, calibration_method="max")
     test = dataset_for(model, "fashion-mnist", "test")
-    accuracy = [{"model": name, "quantized_ops": quantized_ops(path), **_accuracy(float_path, path, test)}
-                for name, path in graphs.items()]
+    accuracy = [{"model": name, "quantized_ops": quantized_ops(path),
+                 **compare_accuracy(float_path, path, test).to_dict()} for name, path in graphs.items()]
     sources = {"fp32": ModelSource(str(float_path), work),
                **{name: ModelSource(str(path), work) for name, path in graphs.items()}}
     speed = bench_sources(sources, "onnxruntime", BuildConfig(batch_sizes=(8, 64), threads=1), plan, progress=True)
     return {"modelopt": version, "vitdeploy_quantized": report["quantized"], "accuracy": accuracy,
             "speed": speed.rows}
-
-
-def _accuracy(float_path: Path, int8_path: Path, test) -> dict:
-    result = compare_accuracy(float_path, int8_path, test)
-    return {"images": result.images, "float_top1": result.float_top1, "int8_top1": result.int8_top1,
-            "drop_points": result.drop_points, "agreement": result.agreement}
 
 
 def markdown(result: dict) -> str:

@@ -62,6 +62,9 @@ class Accuracy:
     def drop_points(self) -> float:
         return 100 * (self.float_top1 - self.int8_top1)
 
+    def to_dict(self) -> dict:
+        return {**asdict(self), "drop_points": self.drop_points}
+
 
 @dataclass
 class QuantizeReport:
@@ -84,7 +87,7 @@ class QuantizeReport:
         return {
             "onnx": self.onnx_path, "config": asdict(self.config), "calib_data": self.calib_data,
             "eval_data": self.eval_data, "quantized": self.quantized, "float_ops": self.float_ops, "ops": self.ops,
-            "audit": self.audit.to_dict(), "accuracy": {**asdict(self.accuracy), "drop_points": self.accuracy.drop_points},
+            "audit": self.audit.to_dict(), "accuracy": self.accuracy.to_dict(),
             "seconds": round(self.seconds, 3), "qat": self.qat,
         }
 
