@@ -43,20 +43,12 @@ def cpu_generation() -> dict:
 
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields in /proc/cpuinfo, or {} where it cannot be read."""
-    fields: dict[str, str] = {}
     try:
-        text = CPUINFO.read_text(errors="replace")
+        first_processor = CPUINFO.read_text(errors="replace").strip().split("\n\n")[0]
     except OSError:
-        return fields
-    for line in text.splitlines():
-        if not line.strip():
-            if fields:
-                break
-            continue
-        key, _, value = line.partition(":")
-        if value.strip():
-            fields.setdefault(key.strip(), value.strip())
-    return fields
+        return {}
+    fields = (line.partition(":") for line in first_processor.splitlines())
+    return {key.strip(): value.strip() for key, _, value in fields if value.strip()}
 
 
 def cpu_count() -> int:
