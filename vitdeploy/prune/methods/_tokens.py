@@ -71,8 +71,7 @@ def _measured_plan(model, config, table, drift, images, progress):
         attempts.append({"goal_ms": goal_ms, "predicted_ratio": check["predicted_ratio"],
                          "measured_ratio": check["measured_ratio"]})
         made.append((pruned, report, check))
-        measured = [(a["predicted_ratio"], a["measured_ratio"]) for a in attempts if "measured_ratio" in a]
-        goal = corrected_goal(check["target_ratio"], measured)
+        goal = corrected_goal(check["target_ratio"], [(c["predicted_ratio"], c["measured_ratio"]) for *_, c in made])
         if check["measured_ratio"] <= check["target_ratio"] * (1 + TARGET_TOLERANCE) or goal is None or goal <= 0:
             break
         goal_ms = goal * drift.measured_ms
