@@ -201,8 +201,9 @@ def running_server(models: list[ServedModel], config: ServeConfig) -> Iterator:
     from pytriton.exceptions import PyTritonError
     from pytriton.triton import Triton, TritonLifecyclePolicy
 
-    with tempfile.TemporaryDirectory(prefix="vitdeploy-triton-") as tmp:
-        triton = Triton(config=triton_config(config), workspace=Path(tmp) / "workspace",
+    with tempfile.TemporaryDirectory(prefix="vitdeploy-triton-") as tmp, _gevent_passes_interrupts_quietly():
+        workspace = Path(tmp) / "workspace"
+        triton = Triton(config=triton_config(config), workspace=workspace,
                         triton_lifecycle_policy=TritonLifecyclePolicy(local_model_store=True))  # see the module notes
         try:
             for model in models:
@@ -218,6 +219,31 @@ def running_server(models: list[ServedModel], config: ServeConfig) -> Iterator:
                 if not triton.is_connected():
                     _kill_starting_servers()
                 triton.stop()
+                _wait_until_removed(workspace)
+
+
+def _wait_until_removed(workspace: Path) -> None:
+    """pytriton also stops a server from a thread of its own when its models die (as they do when a
+    signal stops a server mid-start-up); ``stop`` then returns at once while that thread is still
+    removing the workspace, which must not race the removal of the folder around it."""
+    deadline = time.monotonic() + KILL_WAIT_S
+    while workspace.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _gevent_passes_interrupts_quietly() -> Iterator[None]:
+    """pytriton waits for the server through an HTTP client that runs on gevent. A signal that arrives
+    inside gevent's event loop reaches the main thread as it should, but gevent first prints it with
+    a traceback. Listed as "not an error", it is passed on without the print."""
+    from gevent.hub import Hub
+
+    previous = Hub.NOT_ERROR
+    Hub.NOT_ERROR = (*previous, KeyboardInterrupt)
+    try:
+        yield
+    finally:
+        Hub.NOT_ERROR = previous
 
 
 def _kill_starting_servers() -> None:
