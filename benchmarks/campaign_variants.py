@@ -25,7 +25,7 @@ from vitdeploy.prune.importance import magnitude_importance
 from vitdeploy.prune.methods.tome.schedule import largest_r, per_block, tome_spec
 from vitdeploy.prune.nvit_config import NViTConfig
 from vitdeploy.prune.sparsity import sparsify_24
-from vitdeploy.prune.star import StarStatistics, star_spec
+from vitdeploy.prune.methods.star.algorithm import StarStatistics, star_spec
 from vitdeploy.prune.costs import flops_cost
 from vitdeploy.prune.structural import compact, plan_removals
 from vitdeploy.models.token_plan import apply_keep_plan, with_spec

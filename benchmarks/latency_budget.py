@@ -43,7 +43,7 @@ from vitdeploy.models.zoo import load_model
 from vitdeploy.optimize import OptimizeConfig, optimize
 from vitdeploy.prune.nvit_config import NViTConfig
 from vitdeploy.prune.registry import METHODS, PruneContext
-from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_config import token_config
 from vitdeploy.tables import format_table
 from vitdeploy.train.loop import fine_tune
 
@@ -89,7 +89,7 @@ def nvit_alone(base, budget_ms: float, args) -> tuple[object, dict]:
 
 @timed
 def star_alone(base, budget_ms: float, args, train) -> tuple[object, dict]:
-    config = TokenPruneConfig(method="star", target_latency_ms=budget_ms, lut=args.lut)
+    config = token_config("star", target_latency_ms=budget_ms, lut=args.lut)
     model, report = METHODS.get("star").prune(base, config, PruneContext(data="fashion-mnist", progress=True))
     report["fine_tune"] = fine_tuned(model, base, train, args)
     return model, report

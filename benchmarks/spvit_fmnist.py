@@ -44,7 +44,7 @@ from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.calibrate import calibration_images
 from vitdeploy.prune.spvit import prune_spvit
 from vitdeploy.prune.spvit_config import SPViTConfig
-from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.tables import format_table
 from vitdeploy.train.config import TrainConfig
@@ -63,9 +63,9 @@ VARIANTS = {
     "spvit-1-head": {"selector_heads": 1},
 }
 BASELINES = {
-    "star": TokenPruneConfig(method="star"),
-    "uniform": TokenPruneConfig(method="uniform"),
-    "cls-attn": TokenPruneConfig(method="cls-attn"),
+    "star": token_config("star"),
+    "uniform": token_config("uniform"),
+    "cls-attn": token_config("cls-attn"),
 }
 
 
@@ -152,7 +152,7 @@ def fine_tuned_row(model, spvit: dict, train_full, test_set, budget, settings: S
     """Class-attention top-k at SPViT's blocks, fine-tuned with the steps, backbone lr and KL weight
     of an SPViT run with ``settings``."""
     blocks = ",".join(str(p["after_block"]) for p in spvit["phases"])  # the cls-attn baseline's blocks too
-    config = TokenPruneConfig(method="cls-attn", blocks=blocks, target_flops=spvit["flops_ratio"])
+    config = token_config("cls-attn", blocks=blocks, target_flops=spvit["flops_ratio"])
     pruned, report = prune_tokens(model, config, None, None, progress=False)
     steps = settings.epochs * math.ceil(settings.limit / settings.batch_size)
     train = TrainConfig(lr=settings.lr_backbone, min_lr=0.0, warmup_epochs=0.0, weight_decay=settings.weight_decay,

@@ -28,7 +28,7 @@ from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.calibrate import calibration_images
-from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.tables import format_table
 
@@ -38,13 +38,13 @@ LEVELS = (0.9, 0.75, 0.6, 0.5)
 """STAR's schedule cannot go below 0.47× on this 6-block model (ρ → 0), so the lowest level is 0.5×."""
 CALIB_SIZE, SEED = 512, 0
 METHODS = {
-    "patch-slimming": TokenPruneConfig(method="patch-slimming"),
-    "star": TokenPruneConfig(method="star"),
-    "star-intra": TokenPruneConfig(method="star", alpha=1.0),
-    "uniform": TokenPruneConfig(method="uniform"),
-    "cls-attn": TokenPruneConfig(method="cls-attn"),
-    "cls-attn+package": TokenPruneConfig(method="cls-attn", package=True),
-    "random": TokenPruneConfig(method="random"),
+    "patch-slimming": token_config("patch-slimming"),
+    "star": token_config("star"),
+    "star-intra": token_config("star", alpha=1.0),
+    "uniform": token_config("uniform"),
+    "cls-attn": token_config("cls-attn"),
+    "cls-attn+package": token_config("cls-attn", package=True),
+    "random": token_config("random"),
 }
 
 
@@ -80,7 +80,7 @@ def main() -> None:
                 print(f"{level:.2f} {name:18s} {rows[-1]}"[:120], file=sys.stderr)
             star = next(r for r in rows if r["method"] == "star" and r["target_flops"] == level)
             if "knob" in star:
-                astar = TokenPruneConfig(method="a-star", rho=star["knob"]["rho"])
+                astar = token_config("a-star", rho=star["knob"]["rho"])
                 rows.append({**run_point(model, "a-star", astar, images, test_set, baseline_top1, Path(tmp)),
                              "target_flops": level})
     result = {"model": "fmnist_vit", "baseline_top1": baseline_top1, "calib_size": CALIB_SIZE,

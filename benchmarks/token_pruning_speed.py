@@ -43,7 +43,7 @@ from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.spvit import static_plan, student_from
 from vitdeploy.prune.spvit_config import SPViTConfig
-from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.models.token_plan import with_spec
 
@@ -51,12 +51,12 @@ RESULTS = Path(__file__).parent / "results"
 DEIT_LEVELS = (0.75, 0.6)
 SPVIT_DEIT_BUDGETS = (0.7, 0.5)
 DEIT_METHODS = {
-    "patch-slimming": TokenPruneConfig(method="patch-slimming", granularity=14, calib_size=8),
-    "star": TokenPruneConfig(method="star", rounds=2, calib_batch=8, calib_size=16),
-    "uniform": TokenPruneConfig(method="uniform"),
-    "cls-attn": TokenPruneConfig(method="cls-attn"),
-    "cls-attn+package": TokenPruneConfig(method="cls-attn", package=True),
-    "random": TokenPruneConfig(method="random"),
+    "patch-slimming": token_config("patch-slimming", granularity=14, calib_size=8),
+    "star": token_config("star", rounds=2, calib_batch=8, calib_size=16),
+    "uniform": token_config("uniform"),
+    "cls-attn": token_config("cls-attn"),
+    "cls-attn+package": token_config("cls-attn", package=True),
+    "random": token_config("random"),
 }
 
 
@@ -117,7 +117,7 @@ def compute_deit_plans() -> dict[str, ViTSpec]:
     plans = {}
     for level in DEIT_LEVELS:
         for name, config in DEIT_METHODS.items():
-            images = noise[:config.calib_size]
+            images = noise[:getattr(config, "calib_size", len(noise))]
             plans[f"{name}@{level}"] = prune_tokens(model, replace(config, target_flops=level), images,
                                                     progress=False)[0].spec
             print(f"planned {name}@{level}", file=sys.stderr)

@@ -16,9 +16,10 @@ from vitdeploy.lut.table import predict, save_table
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import TokenStep
-from vitdeploy.prune import patch_slimming, star
+from vitdeploy.prune.methods.patch_slimming import algorithm as patch_slimming
+from vitdeploy.prune.methods.star import algorithm as star
 from vitdeploy.prune.calibrate import run_blocks, trace
-from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.costs import flops_target
 from vitdeploy.prune.token_methods import prune_tokens, solve_knob
 from vitdeploy.schema import flag_name, validated
@@ -204,7 +205,8 @@ def test_fixed_plan_exports_without_topk(tiny, tmp_path):
 
 @pytest.mark.parametrize("method", ["uniform", "cls-attn", "random", "star", "patch-slimming"])
 def test_target_flops_is_met_from_below(tiny, method):
-    config = TokenPruneConfig(method=method, target_flops=0.7, rounds=1, calib_batch=4, gamma=2)
+    quick_star = dict(rounds=1, calib_batch=4, gamma=2) if method == "star" else {}
+    config = token_config(method, target_flops=0.7, **quick_star)
     pruned, report = prune_tokens(tiny, config, images(8), progress=False)
     assert report["flops_ratio"] <= 0.7 and report["flops_ratio"] == total_macs(pruned.spec) / total_macs(tiny.spec)
     assert report["flops_ratio"] > 0.5
@@ -226,7 +228,7 @@ def test_latency_target_gives_the_slowest_plan_predicted_under_it(tiny, tmp_path
     save_table(table, tmp_path / "t.json")
     unpruned = predict(table, tiny.spec)["total_ms"]
     target = 0.8 * unpruned
-    config = TokenPruneConfig(method=method, target_latency_ms=target, lut=str(tmp_path / "t.json"))
+    config = token_config(method, target_latency_ms=target, lut=str(tmp_path / "t.json"))
     pruned, _ = prune_tokens(tiny, config, images(8), progress=False)
     predicted = predict(table, pruned.spec)["total_ms"]
     assert predicted <= target * (1 + 1e-3) and predicted > 0.6 * unpruned
@@ -234,7 +236,7 @@ def test_latency_target_gives_the_slowest_plan_predicted_under_it(tiny, tmp_path
 
 def test_latency_target_with_a_table_of_another_geometry_names_the_build_command(tiny, tmp_path):
     save_table(table_for_this_machine(tiny_spec(img_size=64)), tmp_path / "t.json")
-    config = TokenPruneConfig(method="uniform", target_latency_ms=1.0, lut=str(tmp_path / "t.json"))
+    config = token_config("uniform", target_latency_ms=1.0, lut=str(tmp_path / "t.json"))
     with pytest.raises(VitDeployError, match="lut build --for tiny"):
         prune_tokens(tiny, config, None, progress=False)
 
@@ -245,31 +247,31 @@ def test_latency_target_with_a_table_of_another_geometry_names_the_build_command
     (dict(method="star"), "exactly one"),
     (dict(method="uniform", rate=0.5, target_flops=0.5), "exactly one"),
     (dict(method="uniform", target_flops=1.2), "--target-flops"),
-    (dict(method="star", rho=0.5, package=True), "--package"),
-    (dict(method="magic", rate=0.5), "unknown token method"),
+    (dict(method="uniform", rate=0.5, package=True), "--package"),
+    (dict(method="magic", rate=0.5), "unknown pruning method 'magic'"),
     (dict(method="uniform", target_latency_ms=5.0), "go together"),
     (dict(method="uniform", target_latency_ms=5.0, target_flops=0.5, lut="t.json"), "exactly one"),
     (dict(method="uniform", target_latency_ms=-1.0, lut="t.json"), "--target-latency-ms: Input should be greater"),
 ])
 def test_config_validation(fields, message):
     with pytest.raises(VitDeployError, match=message):
-        validated(TokenPruneConfig(**fields), flag_name)
+        validated(token_config(**fields), flag_name)
 
 
 def test_a_library_caller_reads_the_field_name():
     with pytest.raises(VitDeployError, match="^rho: Input should be less than or equal to 1"):
-        TokenPruneConfig(method="star", rho=1.5).validate()
+        token_config("star", rho=1.5).validate()
 
 
 def test_calibrated_methods_need_data(tiny):
     with pytest.raises(VitDeployError, match="--calib"):
-        prune_tokens(tiny, TokenPruneConfig(method="star", rho=0.5), None, progress=False)
+        prune_tokens(tiny, token_config("star", rho=0.5), None, progress=False)
 
 
 def test_a_model_with_a_plan_is_refused(tiny):
     planned = with_spec(tiny, tiny.spec.with_token_plan({1: TokenStep(keep=8, selector="cls_attn")}))
     with pytest.raises(VitDeployError, match="without a token plan"):
-        prune_tokens(planned, TokenPruneConfig(method="uniform", rate=0.5), None, progress=False)
+        prune_tokens(planned, token_config("uniform", rate=0.5), None, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -329,5 +331,5 @@ def test_eval_of_an_a_star_model_through_onnx_is_a_user_error(tiny):
 
 
 def test_low_uniform_rates_stop_adding_steps_at_one_token(tiny):
-    _, report = prune_tokens(tiny, TokenPruneConfig(method="uniform", rate=0.01), None, progress=False)
+    _, report = prune_tokens(tiny, token_config("uniform", rate=0.01), None, progress=False)
     assert report["keep"] == [1, None, None, None]

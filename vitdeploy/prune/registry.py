@@ -61,8 +61,6 @@ class PruneMethod:
     data: DataOption | None = None
     fixed: dict[str, Any] = field(default_factory=dict)
     """Config fields the method sets itself (e.g. ``method="star"`` on a shared config)."""
-    knobs: tuple[str, ...] = ()
-    """Token methods: the settings that may stand in for ``target_flops`` (exactly one is given)."""
     plan: Callable[[Any, Any, Any, bool], tuple[Any, dict]] | None = None
     """Token methods: (model, config, calibration images, progress) → (spec with the plan, details)."""
     static: bool = True
@@ -71,6 +69,11 @@ class PruneMethod:
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
     """Command-line defaults that differ from the config's (e.g. no target until one is given)."""
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """Token methods: the settings that may stand in for a target (their config's ``KNOBS``)."""
+        return getattr(self.config, "KNOBS", ())
 
     def make_config(self, values: dict[str, Any], name: Callable[[str], str] = str, known_only: bool = False) -> Any:
         """The method's settings from ``values``, checked; ``name`` says how messages name a field

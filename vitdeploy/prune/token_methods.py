@@ -27,7 +27,7 @@ from vitdeploy.models.vit import ViT
 from vitdeploy.prune.calibrate import require_dense_tokens
 from vitdeploy.prune.costs import CostTarget, flops_target, latency_target
 from vitdeploy.prune.registry import METHODS
-from vitdeploy.prune.token_config import TokenPruneConfig
+from vitdeploy.prune.token_config import TokenTargets
 from vitdeploy.models.token_plan import with_spec
 
 BISECTION_STEPS = 30
@@ -41,7 +41,7 @@ class UnreachableTarget(VitDeployError):
         self.lowest = lowest
 
 
-def prune_tokens(model: ViT, config: TokenPruneConfig, calib_images: torch.Tensor | None,
+def prune_tokens(model: ViT, config: TokenTargets, calib_images: torch.Tensor | None,
                  eval_data=None, progress: bool = True, baseline_top1: float | None = None) -> tuple[ViT, dict]:
     """The model with the method's token plan, and a JSON-ready report (see the module docstring).
 
@@ -76,7 +76,7 @@ def plan_summary(base: ViTSpec, spec: ViTSpec) -> dict:
             "macs": macs, "baseline_macs": base_macs, "flops_ratio": macs / base_macs}
 
 
-def knob_or_target(value, make: Callable[[float], ViTSpec], config: TokenPruneConfig, base: ViTSpec,
+def knob_or_target(value, make: Callable[[float], ViTSpec], config: TokenTargets, base: ViTSpec,
                    bounds: tuple[float, float], name: str, log: bool = False, increasing: bool = True,
                    steps: int = BISECTION_STEPS, progress: bool = False) -> tuple[float, ViTSpec]:
     """(knob, spec): the given knob, or the one that best meets ``config``'s FLOPs or latency target."""
@@ -85,7 +85,7 @@ def knob_or_target(value, make: Callable[[float], ViTSpec], config: TokenPruneCo
     return solve_knob(make, config_target(config, base), bounds, name, log, increasing, steps, progress)
 
 
-def config_target(config: TokenPruneConfig, base: ViTSpec) -> CostTarget:
+def config_target(config: TokenTargets, base: ViTSpec) -> CostTarget:
     """The FLOPs target (a ratio of ``base``'s MACs) or the latency target under ``config.lut``."""
     if config.target_latency_ms is not None:
         return latency_target(config.target_latency_ms, config.lut, base)

@@ -9,15 +9,13 @@ from vitdeploy.prune.methods.tome import schedule
 from vitdeploy.prune.methods.tome.config import SCHEDULES, ToMeConfig
 from vitdeploy.prune.registry import METHODS, PruneMethod
 from vitdeploy.prune.summaries import prune_summary
-from vitdeploy.prune.token_config import TOKEN_OPTION_HELP
+from vitdeploy.prune.token_config import TARGET_OPTIONS
 
 OPTIONS = {
     "r": "patch tokens merged in each block but the last (0: the unmerged model)",
     "schedule": "how r spreads over the blocks: the same in each, or 2r first, decreasing linearly",
     "r_per_block": "an explicit schedule instead of --r: tokens merged in blocks 1, 2, ... (e.g. 8,8,6,4)",
-    "target_flops": TOKEN_OPTION_HELP["target_flops"],
-    "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"],
-    "lut": TOKEN_OPTION_HELP["lut"],
+    **TARGET_OPTIONS,
 }
 
 
@@ -48,4 +46,4 @@ METHODS.register(PruneMethod(
                 "Attention is then proportional to each token's size. Exported with TopK of static k, never a "
                 "sort. Give --r, --r-per-block, --target-flops, or --target-latency-ms with --lut.",
     config=ToMeConfig, options=OPTIONS, run=run_token_method, summary=prune_summary,
-    knobs=("r", "r_per_block"), plan=plan_tome, choices={"schedule": SCHEDULES}))
+    plan=plan_tome, choices={"schedule": SCHEDULES}))

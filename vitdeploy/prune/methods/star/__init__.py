@@ -4,14 +4,13 @@ relevance (gradient × attention rollouts) per patch position, with ACS-derived 
 from __future__ import annotations
 
 from vitdeploy.prune.methods._tokens import CALIB, run_token_method
+from vitdeploy.prune.methods.star.config import StarConfig
 from vitdeploy.prune.registry import METHODS, PruneMethod
-from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
 from vitdeploy.prune.summaries import prune_summary
+from vitdeploy.prune.token_config import TARGET_OPTIONS, TOKEN_OPTION_HELP
 
 OPTIONS = {
-    "target_flops": TOKEN_OPTION_HELP["target_flops"],
-    "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"],
-    "lut": TOKEN_OPTION_HELP["lut"],
+    **TARGET_OPTIONS,
     "rho": "keep rate of the last block, in (0, 1]; lower prunes more",
     "alpha": "fusion weight of the online class attention, in [0, 1]",
     "gamma": "top classes per image in the inter-layer scores",
@@ -22,8 +21,8 @@ OPTIONS = {
 }
 
 
-def plan_star(model, config: TokenPruneConfig, images, progress: bool):
-    from vitdeploy.prune import star
+def plan_star(model, config: StarConfig, images, progress: bool):
+    from vitdeploy.prune.methods.star import algorithm as star
     from vitdeploy.prune.token_methods import knob_or_target
 
     stats = star.calibrate(model, images, config.gamma, config.rounds, config.calib_batch, config.seed, progress)
@@ -40,13 +39,13 @@ METHODS.register(PruneMethod(
     description="STAR (Zhang et al.): ranks patch tokens by S_intra^α · S_inter^(1−α), the class token's "
                 "attention fused with offline per-position relevance; keep rates from the layers' average "
                 "cosine similarity. Give --target-flops, --target-latency-ms with --lut, or --rho.",
-    config=TokenPruneConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
-    fixed={"method": "star"}, knobs=("rho",), plan=plan_star))
+    config=StarConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
+    fixed={"method": "star"}, plan=plan_star))
 
 METHODS.register(PruneMethod(
     name="a-star", help="STAR with input-dependent counts (PyTorch evaluation only, never exported)",
     description="a-STAR: each image keeps the fewest tokens whose fused scores reach the step's rate, so the "
                 "count depends on the input. Not a static graph: `vitdeploy export --as-static-star` exports "
                 "its static STAR plan. Give --target-flops, --target-latency-ms with --lut, or --rho.",
-    config=TokenPruneConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
-    fixed={"method": "a-star"}, knobs=("rho",), plan=plan_star, static=False))
+    config=StarConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
+    fixed={"method": "a-star"}, plan=plan_star, static=False))

@@ -14,22 +14,21 @@ from __future__ import annotations
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import phase_blocks
 from vitdeploy.prune.methods._tokens import run_token_method
+from vitdeploy.prune.methods.baselines.config import BaselineConfig
 from vitdeploy.prune.registry import METHODS, PruneMethod
 from vitdeploy.prune.summaries import prune_summary
-from vitdeploy.prune.token_config import TOKEN_OPTION_HELP, TokenPruneConfig
+from vitdeploy.prune.token_config import TARGET_OPTIONS, TOKEN_OPTION_HELP
 
 KEEP_HELP = ("explicit plan instead of --rate: comma-separated BLOCK:KEEP pairs (blocks from 1), KEEP a "
              "patch-token count (137) or a rate in (0, 1) (0.7)")
 OPTIONS = {
-    "target_flops": TOKEN_OPTION_HELP["target_flops"],
-    "target_latency_ms": TOKEN_OPTION_HELP["target_latency_ms"],
-    "lut": TOKEN_OPTION_HELP["lut"],
+    **TARGET_OPTIONS,
     "rate": "share of the patch tokens kept at each step, in (0, 1)",
     "keep": KEEP_HELP,
 }
 
 
-def steps(spec, config: TokenPruneConfig) -> list[int]:
+def steps(spec, config: BaselineConfig) -> list[int]:
     """0-based blocks that drop tokens: every block but the last, or cls-attn's few."""
     if config.method != "cls-attn":
         return list(range(spec.depth - 1))
@@ -44,7 +43,7 @@ def steps(spec, config: TokenPruneConfig) -> list[int]:
     return blocks
 
 
-def plan_baseline(model, config: TokenPruneConfig, images, progress: bool):
+def plan_baseline(model, config: BaselineConfig, images, progress: bool):
     from vitdeploy.prune.token_methods import knob_or_target
     from vitdeploy.models.token_plan import parse_keep
 
@@ -59,7 +58,7 @@ def plan_baseline(model, config: TokenPruneConfig, images, progress: bool):
     return plan, {"rate": rate}
 
 
-def baseline_spec(spec, config: TokenPruneConfig, plan: dict):
+def baseline_spec(spec, config: BaselineConfig, plan: dict):
     """Class-attention steps (or random fixed positions); a rate that would keep every token
     left (down to one) adds no step, while an explicit count above the tokens is an error."""
     import torch
@@ -85,8 +84,8 @@ def baseline_spec(spec, config: TokenPruneConfig, plan: dict):
 def _baseline(name: str, help: str, description: str, extra: dict[str, str]) -> PruneMethod:
     return METHODS.register(PruneMethod(
         name=name, help=help, description=description + " Give --target-flops, --target-latency-ms with --lut, --rate or --keep.",
-        config=TokenPruneConfig, options={**OPTIONS, **extra}, run=run_token_method, summary=prune_summary,
-        fixed={"method": name}, knobs=("rate", "keep"), plan=plan_baseline))
+        config=BaselineConfig, options={**OPTIONS, **extra}, run=run_token_method, summary=prune_summary,
+        fixed={"method": name}, plan=plan_baseline))
 
 
 _baseline("uniform", "the same class-attention keep rate after every block but the last",
