@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
-from vitdeploy.prune.importance import magnitude_importance
+from vitdeploy.prune.methods.nvit.importance import magnitude_importance
 from vitdeploy.prune.methods.tome.schedule import largest_r, per_block, tome_spec
-from vitdeploy.prune.nvit_config import NViTConfig
+from vitdeploy.prune.methods.nvit.config import NViTConfig
 from vitdeploy.prune.sparsity import sparsify_24
 from vitdeploy.prune.methods.star.algorithm import StarStatistics, star_spec
 from vitdeploy.prune.costs import flops_cost
-from vitdeploy.prune.structural import compact, plan_removals
+from vitdeploy.prune.methods.nvit.structural import compact, plan_removals
 from vitdeploy.models.token_plan import apply_keep_plan, with_spec
 
 KEEP_PLAN = "4:0.7,7:0.7,10:0.7"

@@ -87,7 +87,7 @@ from vitdeploy.lut import build_table, default_grid, evaluate_table, random_prun
 from vitdeploy.models.spec import ViTSpec, uniform_blocks
 from vitdeploy.models.vit import ViT
 from vitdeploy.models.zoo import get_spec, load_model
-from vitdeploy.prune.structural import dims_summary
+from vitdeploy.prune.methods.nvit.structural import dims_summary
 
 REPO = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 1

@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -95,22 +96,25 @@ def dynamic(float_path: Path, work: Path) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out = work / "deit-s-dynamic.onnx"
+    out = work / f"{float_path.stem}-dynamic.onnx"
     linear = nodes_by_part(onnx.load(str(float_path)), ("linear",))["linear"]
     quantize_dynamic(str(float_path), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=linear,
                      per_channel=True, weight_type=QuantType.QInt8)
     return out
 
 
-def speed_table(rows: list[dict]) -> str:
-    """Each row's speedup over its own float graph ("X int8" over "X fp32"; DeiT-S variants over "fp32")."""
-    def baseline(model: str) -> str:
-        return model.rsplit(" ", 1)[0] + " fp32" if model.endswith((" fp32", " int8")) else "fp32"
-
+def speed_table(rows: list[dict], baseline: Callable[[str], str] | None = None) -> str:
+    """Each row's speedup over its own float graph: ``baseline(model)`` names it (by default "X int8"
+    over "X fp32", and DeiT-S variants over "fp32")."""
+    baseline = baseline or _own_float_graph
     median = {(r["model"], r["batch"]): r["median_ms"] for r in rows}
     return format_table(["model", "batch", "median ms", "speedup over its fp32"],
                         [[r["model"], r["batch"], f"{r['median_ms']:.2f}",
                           f"{median[baseline(r['model']), r['batch']] / r['median_ms']:.2f}×"] for r in rows])
+
+
+def _own_float_graph(model: str) -> str:
+    return model.rsplit(" ", 1)[0] + " fp32" if model.endswith((" fp32", " int8")) else "fp32"
 
 
 def accuracy_table(rows: list[dict]) -> str:

@@ -41,7 +41,7 @@ from vitdeploy.lut.measure import MEASURE_PLAN, measure_models, table_for_model
 from vitdeploy.models.architectures import REFERENCE_MODEL
 from vitdeploy.models.zoo import load_model
 from vitdeploy.optimize import OptimizeConfig, optimize
-from vitdeploy.prune.nvit_config import NViTConfig
+from vitdeploy.prune.methods.nvit.config import NViTConfig
 from vitdeploy.prune.registry import METHODS, PruneContext
 from vitdeploy.prune.token_config import token_config
 from vitdeploy.tables import format_table

@@ -37,7 +37,7 @@ from vitdeploy.models.vit import ViT
 from vitdeploy.models.architectures import REFERENCE_MODEL
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.sparsity import preserve_24, sparsify_24, verify_24_onnx
-from vitdeploy.prune.structural import NViTConfig, NViTPruner, dims_summary, param_count
+from vitdeploy.prune.methods.nvit.structural import NViTConfig, NViTPruner, dims_summary, param_count
 from vitdeploy.tables import format_table
 
 RESULTS = Path(__file__).parent / "results"

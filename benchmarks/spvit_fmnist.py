@@ -42,8 +42,8 @@ from vitdeploy.export.onnx import export_onnx
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.calibrate import calibration_images
-from vitdeploy.prune.spvit import prune_spvit
-from vitdeploy.prune.spvit_config import SPViTConfig
+from vitdeploy.prune.methods.spvit.algorithm import prune_spvit
+from vitdeploy.prune.methods.spvit.config import SPViTConfig
 from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.tables import format_table

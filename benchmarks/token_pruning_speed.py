@@ -41,8 +41,8 @@ from vitdeploy.cli._options import batch_list
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.zoo import load_model
-from vitdeploy.prune.spvit import static_plan, student_from
-from vitdeploy.prune.spvit_config import SPViTConfig
+from vitdeploy.prune.methods.spvit.algorithm import static_plan, student_from
+from vitdeploy.prune.methods.spvit.config import SPViTConfig
 from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.token_methods import prune_tokens
 from vitdeploy.models.token_plan import with_spec

@@ -201,7 +201,7 @@ def test_cli_without_a_budget_exits_2(tmp_path):
 
 
 def test_nvit_latency_target_is_checked_against_a_measurement(setup):
-    from vitdeploy.prune.nvit_config import NViTConfig
+    from vitdeploy.prune.methods.nvit.config import NViTConfig
     from vitdeploy.prune.registry import METHODS, PruneContext
 
     model, table, lut = setup

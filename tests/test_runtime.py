@@ -13,7 +13,7 @@ from tests.conftest import tiny_model
 from vitdeploy import runtime
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_dir, write_json_atomic
-from vitdeploy.prune.importance import hessian_importance
+from vitdeploy.prune.methods.nvit.importance import hessian_importance
 from vitdeploy.train.config import TrainConfig
 from vitdeploy.train.loop import fine_tune, training_loss
 

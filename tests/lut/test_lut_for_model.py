@@ -24,7 +24,7 @@ from vitdeploy.lut import build as lut_build
 from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.spec import BlockSpec, uniform_blocks
 from vitdeploy.models.vit import Attention, Mlp
-from vitdeploy.prune.structural import smallest_spec
+from vitdeploy.prune.methods.nvit.structural import smallest_spec
 from tests.conftest import run_cli, tiny_model, tiny_spec
 from tests.lut.synthetic import GRID, metadata, synthetic_table
 

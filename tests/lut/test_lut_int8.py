@@ -135,7 +135,7 @@ def test_a_table_serves_only_budgets_of_its_own_precision(monkeypatch, table_pre
 
 def test_nvit_prunes_to_an_int8_budget_and_measures_the_quantized_models(tmp_path, monkeypatch):
     from vitdeploy.lut import predict
-    from vitdeploy.prune.nvit_config import NViTConfig
+    from vitdeploy.prune.methods.nvit.config import NViTConfig
     from vitdeploy.prune.registry import METHODS, PruneContext
 
     model = tiny_model(tiny_spec(num_classes=10))

@@ -10,7 +10,7 @@ from torch import nn
 
 from vitdeploy.models.groups import EMB, all_dims, block_linear_weights, dim_size, structure_map
 from vitdeploy.models.spec import BlockSpec
-from vitdeploy.prune.structural import compact, compaction_error
+from vitdeploy.prune.methods.nvit.structural import compact, compaction_error
 
 
 def random_spec(seed: int, distilled: bool = False, qkv_bias: bool = True):

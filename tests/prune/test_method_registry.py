@@ -1,10 +1,12 @@
-"""The pruning-method registry: a method is one module, and `vitdeploy prune` builds its
+"""The pruning-method registry: a method is one folder (or module), and `vitdeploy prune` builds its
 subcommand and options from the method's settings dataclass."""
 
+import ast
 import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from tests.conftest import tiny_model
 from vitdeploy.cli import build_parser, main
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.checkpoint import load_artifact, save_artifact
+import vitdeploy.prune.methods
 from vitdeploy.prune import registry
 
 METHOD_MODULE = '''
@@ -123,3 +126,16 @@ def test_a_method_registered_twice_is_refused():
     registry.METHODS.register(star)  # the same object again: nothing changes
     with pytest.raises(ValueError, match="two pruning methods are named 'star'"):
         registry.METHODS.register(dataclasses.replace(star, help="another"))
+
+
+def test_no_method_imports_another_method():
+    methods = Path(vitdeploy.prune.methods.__file__).parent
+    units = {path.name: list(path.rglob("*.py")) for path in methods.iterdir() if (path / "__init__.py").is_file()}
+    units.update({path.stem: [path] for path in methods.glob("[!_]*.py")})
+    assert {"nvit", "spvit", "star", "tome", "sparse24"} <= set(units)
+    for name, sources in units.items():
+        for source in sources:
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vitdeploy.prune.methods."):
+                    other = node.module.split(".")[3]
+                    assert other in (name, "_tokens"), f"{source.relative_to(methods)} imports {node.module}"

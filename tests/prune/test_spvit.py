@@ -16,9 +16,9 @@ from vitdeploy.export.onnx import export_onnx
 from vitdeploy.models.checkpoint import load_artifact
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.spec import TokenStep
-from vitdeploy.prune import spvit
-from vitdeploy.prune.spvit_config import FLAT_SCORES, SPViTConfig, parse_selectors
-from vitdeploy.prune.summaries import spvit_summary
+from vitdeploy.prune.methods.spvit import algorithm as spvit
+from vitdeploy.prune.methods.spvit.config import FLAT_SCORES, SPViTConfig, parse_selectors
+from vitdeploy.prune.methods.spvit import summary as spvit_summary
 from vitdeploy.schema import flag_name, validated
 from vitdeploy.tokens import select
 

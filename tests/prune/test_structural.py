@@ -15,13 +15,13 @@ from vitdeploy.lut.table import load_table
 from vitdeploy.models.flops import total_macs
 from vitdeploy.models.groups import all_dims, dim_key, dim_size
 from vitdeploy.models.zoo import get_spec
-from vitdeploy.prune.importance import (
+from vitdeploy.prune.methods.nvit.importance import (
     group_importance,
     hessian_importance,
     magnitude_importance,
 )
 from vitdeploy.prune.costs import flops_cost, lut_latency
-from vitdeploy.prune.structural import (
+from vitdeploy.prune.methods.nvit.structural import (
     NViTConfig,
     NViTPruner,
     compact,
@@ -111,7 +111,7 @@ def gate_gradient(model, dim: str, channel: int, x, y) -> float:
     The group's weights are found independently of ``group_sums``: they are the ones compaction
     drops when only this channel is pruned.
     """
-    from vitdeploy.prune.structural import kept_indices
+    from vitdeploy.prune.methods.nvit.structural import kept_indices
 
     keep = {d: torch.ones(len(s), dtype=torch.bool) for d, s in magnitude_importance(model).items()}
     keep[dim][channel] = False
@@ -261,14 +261,14 @@ def test_a_latency_target_needs_a_table():
 
 @pytest.mark.parametrize("error", [float("nan"), float("inf")])
 def test_non_finite_outputs_during_pruning_are_a_user_error_not_a_pass(error):
-    from vitdeploy.prune.structural import require_exact_compaction
+    from vitdeploy.prune.methods.nvit.structural import require_exact_compaction
 
     with pytest.raises(VitDeployError, match="NaN or infinite"):
         require_exact_compaction(error)
 
 
 def test_compaction_that_changes_outputs_is_a_bug():
-    from vitdeploy.prune.structural import COMPACTION_TOLERANCE, require_exact_compaction
+    from vitdeploy.prune.methods.nvit.structural import COMPACTION_TOLERANCE, require_exact_compaction
 
     require_exact_compaction(COMPACTION_TOLERANCE / 2)
     with pytest.raises(RuntimeError, match="compaction changed the outputs"):

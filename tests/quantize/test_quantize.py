@@ -17,7 +17,7 @@ from vitdeploy.export.onnx import export_onnx
 from vitdeploy.models.spec import TokenStep
 from vitdeploy.models.token_plan import with_spec
 from vitdeploy.models.zoo import load_model
-from vitdeploy.prune import spvit
+from vitdeploy.prune.methods.spvit import algorithm as spvit
 from vitdeploy.quantize import ptq
 from vitdeploy.quantize.config import PARTS, QuantizeConfig
 from vitdeploy.schema import flag_name, validated

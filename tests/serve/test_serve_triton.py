@@ -1,14 +1,13 @@
 """`vitdeploy serve`'s server: real Triton on loopback ports, real tritonclient clients."""
 
 import asyncio
-import contextlib
 
 import numpy as np
 import pytest
 
 from tests.serve.conftest import MAX_BATCH
 from vitdeploy.errors import VitDeployError
-from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, _gevent_passes_interrupts_quietly, check_finite, model_names
+from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, check_finite, model_names
 
 pytest.importorskip("tritonclient.grpc")
 
@@ -148,18 +147,3 @@ def test_model_names_default_to_the_models_own_and_must_be_distinct_and_valid():
         with pytest.raises(VitDeployError, match=message):
             model_names(own, given)
 
-
-def raise_interrupt() -> None:
-    raise KeyboardInterrupt
-
-
-@pytest.mark.parametrize("quiet", [False, True])
-def test_a_signal_inside_gevents_loop_reaches_the_caller_printed_only_outside_the_server(quiet, capfd):
-    import gevent
-
-    with _gevent_passes_interrupts_quietly() if quiet else contextlib.nullcontext():
-        gevent.get_hub().loop.run_callback(raise_interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            gevent.sleep(0)
-    printed = capfd.readouterr().err
-    assert ("failed with KeyboardInterrupt" not in printed) == quiet, printed

@@ -117,7 +117,7 @@ def grid_for(spec: ViTSpec, round_to: int = 8) -> Grid:
     of it with ``round_to`` reaches, so that predictions for them never extrapolate.
 
     Tokens run from 3 (class token + 2 patches) to the model's count, widths from the pruned
-    minimum to the model's largest block. The minimums are those of ``prune.structural``'s
+    minimum to the model's largest block. The minimums are those of ``prune.methods.nvit.structural``'s
     ``smallest_spec`` (a layer above this one): one head, and ``round_to`` channels in every
     other dim (a dim already below ``round_to`` stays as it is).
     """

@@ -81,7 +81,7 @@ class Candidate:
     def to_dict(self) -> dict:
         from vitdeploy.models.flops import total_macs
         from vitdeploy.prune.registry import METHODS
-        from vitdeploy.prune.structural import dims_summary
+        from vitdeploy.prune.methods.nvit.structural import dims_summary
 
         tokens = None
         if self.token_report is not None:

@@ -45,7 +45,7 @@ def _timed(seconds: dict, stage: str):
 
 
 def _optimize(base, config: OptimizeConfig, work: Path, progress: bool, pipeline) -> dict:
-    from vitdeploy.prune.structural import smallest_spec
+    from vitdeploy.prune.methods.nvit.structural import smallest_spec
 
     started, seconds = time.perf_counter(), {}
     with _timed(seconds, "table"):
@@ -181,8 +181,8 @@ class _Data:
 
 
 def _pruner(base, table, table_file: Path, precision: str, config: OptimizeConfig, data: _Data, progress: bool):
-    from vitdeploy.prune.nvit_config import NViTConfig
-    from vitdeploy.prune.structural import NViTPruner
+    from vitdeploy.prune.methods.nvit.config import NViTConfig
+    from vitdeploy.prune.methods.nvit.structural import NViTPruner
 
     nvit = NViTConfig(target_flops=None, target_latency_ms=config.budget_ms, lut=str(table_file),
                       latency_precision=precision,

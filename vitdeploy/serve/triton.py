@@ -235,15 +235,18 @@ def _wait_until_removed(workspace: Path) -> None:
 def _gevent_passes_interrupts_quietly() -> Iterator[None]:
     """pytriton waits for the server through an HTTP client that runs on gevent. A signal that arrives
     inside gevent's event loop reaches the main thread as it should, but gevent first prints it with
-    a traceback. Listed as "not an error", it is passed on without the print."""
-    from gevent.hub import Hub
+    a traceback. Listed as "not an error" by this thread's hub, it is passed on without the print."""
+    import gevent
 
-    previous = Hub.NOT_ERROR
-    Hub.NOT_ERROR = (*previous, KeyboardInterrupt)
+    hub = gevent.get_hub()
+    added = not issubclass(KeyboardInterrupt, hub.NOT_ERROR)
+    if added:
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
     try:
         yield
     finally:
-        Hub.NOT_ERROR = previous
+        if added:  # what else joined the list meanwhile (gevent adds to it) stays
+            hub.NOT_ERROR = tuple(kind for kind in hub.NOT_ERROR if kind is not KeyboardInterrupt)
 
 
 def _kill_starting_servers() -> None:

@@ -13,6 +13,9 @@ Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 
+FINE_TUNE_LR = 5e-4
+"""The peak learning rate of the pruning methods' short distilled fine-tunes."""
+
 
 @schema
 @dataclass
@@ -48,3 +51,11 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} --lr {self.lr} --label-smoothing {self.label_smoothing} "
                 f"--crop-padding {self.crop_padding} --seed {self.seed} --threads {self.threads}"
                 + (f" --limit {self.limit}" if self.limit else "") + (f" --init {self.init}" if self.init else ""))
+
+
+def fine_tune_config(batch_size: int, lr: float, temperature: float, distill_weight: float, seed: int,
+                     threads: int) -> TrainConfig:
+    """A pruning method's short fine-tune, distilled from the unpruned model: no warm-up, and a
+    cosine from ``lr`` down to ``lr / 100``."""
+    return TrainConfig(batch_size=batch_size, lr=lr, min_lr=lr / 100, warmup_epochs=0.0, seed=seed, threads=threads,
+                       distill_temperature=temperature, distill_weight=distill_weight)

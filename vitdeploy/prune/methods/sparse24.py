@@ -4,38 +4,30 @@ optionally fine-tuned with the zeros kept. Dims must be multiples of 16: prune w
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Annotated
 
-from vitdeploy.errors import VitDeployError
-from vitdeploy.schema import schema
-from vitdeploy.prune.nvit_config import NViTConfig
+from pydantic import Field
+
 from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
-from vitdeploy.prune.summaries import sparse24_summary
-
-_NVIT = NViTConfig()
+from vitdeploy.prune.summaries import accuracy_lines
+from vitdeploy.schema import schema
+from vitdeploy.train.config import FINE_TUNE_LR, TrainConfig, fine_tune_config
 
 
 @schema
 @dataclass
 class Sparse24Config:
-    finetune_steps: int = _NVIT.finetune_steps
-    batch_size: int = _NVIT.batch_size
-    lr: float = _NVIT.lr
-    temperature: float = _NVIT.temperature
+    finetune_steps: Annotated[int, Field(ge=0)] = 40
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0)] = FINE_TUNE_LR
+    temperature: Annotated[float, Field(gt=0)] = 1.0
     seed: int = 0
-    threads: int = 2
+    threads: Annotated[int, Field(ge=1)] = 2
 
-    def validate(self) -> "Sparse24Config":
-        if self.finetune_steps < 0 or min(self.batch_size, self.threads) < 1:
-            raise VitDeployError("--finetune-steps must be at least 0, --batch-size and --threads at least 1")
-        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.temperature) and self.temperature > 0):
-            raise VitDeployError("--lr and --temperature must be positive")
-        return self
-
-    def train_config(self):
-        return NViTConfig(batch_size=self.batch_size, lr=self.lr, temperature=self.temperature, seed=self.seed,
-                          threads=self.threads).train_config()
+    def train_config(self) -> TrainConfig:
+        return fine_tune_config(self.batch_size, self.lr, self.temperature, distill_weight=1.0, seed=self.seed,
+                                threads=self.threads)
 
 
 def run(model, config: Sparse24Config, context):
@@ -48,6 +40,14 @@ def run(model, config: Sparse24Config, context):
                                   config.train_config(), context.eval_data, progress=context.progress)
 
 
+def summary(report: dict, out: str) -> str:
+    lines = [f"2:4 on {report['layers']} block Linears: {report['zeroed']} of {report['weights']} weights zeroed, "
+             f"pattern verified: {report['verified_after']}"]
+    lines += accuracy_lines(report.get("accuracy", {}))
+    lines.append(f"saved {out}")
+    return "\n".join(lines)
+
+
 METHODS.register(PruneMethod(
     name="sparse24", help="2:4 magnitude sparsity on every block Linear (dims multiples of 16)",
     description=__doc__.replace("\n", " "),
@@ -56,5 +56,5 @@ METHODS.register(PruneMethod(
              "batch_size": "fine-tuning batch", "lr": "fine-tuning peak learning rate",
              "temperature": "distillation temperature of the KL term to the dense model",
              "seed": "fine-tuning order"},
-    run=run, summary=sparse24_summary,
+    run=run, summary=summary,
     data=DataOption("--calib", "fine-tuning data (its train split); without it, masks only", required=False)))

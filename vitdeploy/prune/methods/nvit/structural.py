@@ -44,8 +44,8 @@ from vitdeploy.models.flops import total_macs
 from vitdeploy.models.groups import EMB, all_dims, dim_size, kept_masks, structure_map, with_dim_sizes
 from vitdeploy.models.spec import ViTSpec
 from vitdeploy.models.vit import ViT
-from vitdeploy.prune.importance import group_importance
-from vitdeploy.prune.nvit_config import NViTConfig
+from vitdeploy.prune.methods.nvit.importance import group_importance
+from vitdeploy.prune.methods.nvit.config import NViTConfig
 from vitdeploy.threads import torch_threads
 from vitdeploy.train.loop import fine_tune, training_loss
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from vitdeploy.models.spec import PACKAGE_MODES
 from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
-from vitdeploy.prune.spvit_config import SPViTConfig
-from vitdeploy.prune.summaries import spvit_summary
+from vitdeploy.prune.methods.spvit.config import FLAT_SCORES, SPViTConfig
+from vitdeploy.prune.summaries import token_plan_lines
 
 
 def run(model, config: SPViTConfig, context):
     from vitdeploy.data import dataset_for, holdout_split
     from vitdeploy.evaluate import evaluate
-    from vitdeploy.prune.spvit import prune_spvit
+    from vitdeploy.prune.methods.spvit.algorithm import prune_spvit
 
     config.validate(model.spec.depth)
     train_data, validation = holdout_split(dataset_for(model, context.data, "train", resize=context.resize),
@@ -25,6 +25,21 @@ def run(model, config: SPViTConfig, context):
     if context.eval_data is not None:
         report["test_top1"] = evaluate(pruned, context.eval_data)
     return pruned, report
+
+
+def summary(report: dict, out: str) -> str:
+    lines = token_plan_lines(report)
+    lines.append(f"validation top-1 {report['top1']:.4f} at the best epoch ({report['best_epoch']}; unpruned "
+                 f"{report['teacher_top1']:.4f})")
+    if "test_top1" in report:
+        lines.append(f"test top-1 {report['test_top1']:.4f}")
+    for phase in report["phases"]:
+        if phase["score_spread"] < FLAT_SCORES:
+            lines.append(f"warning: the selector after block {phase['after_block']} scores all tokens alike "
+                         f"(spread {phase['score_spread']:.1e}): rounding noise decides its top-k, and the export's "
+                         "parity check may fail. Train again (another --seed, --lr-selector or --lambda-ratio).")
+    lines.append(f"saved {out}")
+    return "\n".join(lines)
 
 
 METHODS.register(PruneMethod(
@@ -47,5 +62,5 @@ METHODS.register(PruneMethod(
         "resume": "continue from OUT.spvit-work/ when it holds a checkpoint of the same run",
         "seed": "training order and Gumbel noise",
     },
-    choices={"package_mode": PACKAGE_MODES}, run=run, summary=spvit_summary,
+    choices={"package_mode": PACKAGE_MODES}, run=run, summary=summary,
     data=DataOption("--data", "training data (its train split): fashion-mnist or an ImageFolder directory")))

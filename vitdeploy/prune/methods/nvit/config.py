@@ -1,5 +1,5 @@
 """NViT settings (a light module: the CLI reads its defaults without importing torch). See
-``vitdeploy.prune.structural`` for the method."""
+``vitdeploy.prune.methods.nvit.structural`` for the method."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import Field
 from vitdeploy.errors import VitDeployError
 from vitdeploy.quantize.config import INT8
 from vitdeploy.schema import check_fields, schema
-from vitdeploy.train.config import TrainConfig
+from vitdeploy.train.config import FINE_TUNE_LR, TrainConfig, fine_tune_config
 
 LATENCY_PRECISIONS = ("fp32", INT8)
 """What ``target_latency_ms`` is for: the float model, or the model once INT8-quantized."""
@@ -48,7 +48,7 @@ class NViTConfig:
     finetune_steps: Annotated[int, Field(ge=0)] = 40
     """Fine-tuning steps after every pruning step."""
     final_finetune_steps: Annotated[int, Field(ge=0)] = 300
-    lr: Annotated[float, Field(gt=0)] = 5e-4
+    lr: Annotated[float, Field(gt=0)] = FINE_TUNE_LR
     """Peak learning rate of every fine-tune (cosine decay to 1 % of it, no warm-up)."""
     round_to: Annotated[int, Field(ge=1)] = 8
     """Every pruned dim stays a multiple of this: 8, or 16 when 2:4 sparsity follows."""
@@ -71,6 +71,5 @@ class NViTConfig:
 
     def train_config(self, seed_offset: int = 0) -> TrainConfig:
         """The fine-tuning settings (distillation on) for one fine-tune of the run."""
-        return TrainConfig(batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 100, warmup_epochs=0.0,
-                           seed=self.seed + seed_offset, threads=self.threads,
-                           distill_temperature=self.temperature, distill_weight=self.distill_weight)
+        return fine_tune_config(self.batch_size, self.lr, self.temperature, self.distill_weight,
+                                self.seed + seed_offset, self.threads)

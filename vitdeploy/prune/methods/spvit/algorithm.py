@@ -73,7 +73,7 @@ from vitdeploy.models.checkpoint import save_artifact
 from vitdeploy.models.spec import TokenStep, ViTSpec
 from vitdeploy.models.vit import Block, ViT
 from vitdeploy.prune.calibrate import require_dense_tokens
-from vitdeploy.prune.spvit_config import SPViTConfig
+from vitdeploy.prune.methods.spvit.config import SPViTConfig
 from vitdeploy.prune.costs import flops_target
 from vitdeploy.prune.token_methods import plan_summary, solve_knob
 from vitdeploy.threads import torch_threads

@@ -5,10 +5,11 @@ time with short distilled fine-tunes, then compacted into a smaller dense model.
 from __future__ import annotations
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.prune.nvit_config import CRITERIA, LATENCY_PRECISIONS, NViTConfig
+from vitdeploy.prune.methods.nvit.config import CRITERIA, LATENCY_PRECISIONS, NViTConfig
 from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
-from vitdeploy.prune.summaries import nvit_summary
+from vitdeploy.prune.summaries import accuracy_lines, latency_line
 from vitdeploy.quantize.config import INT8
+from vitdeploy.tables import format_table
 
 TRAIN_DATA = DataOption("--calib", "fine-tuning and importance data (its train split): fashion-mnist or an "
                                    "ImageFolder directory")
@@ -19,7 +20,7 @@ def run(model, config: NViTConfig, context):
     unpruned model measured now, and the result is measured against the target."""
     from vitdeploy.data import dataset_for
     from vitdeploy.lut.measure import latency_check, table_for_model
-    from vitdeploy.prune.structural import prune_nvit
+    from vitdeploy.prune.methods.nvit.structural import prune_nvit
 
     if config.target_latency_ms is not None and not config.lut:
         raise VitDeployError("--target-latency-ms needs --lut FILE (a latency table for the target device)")
@@ -33,6 +34,25 @@ def run(model, config: NViTConfig, context):
         report["latency"] = {**latency_check(table, drift, model, pruned, config.target_latency_ms),
                              "drift": drift.to_dict()}
     return pruned, report
+
+
+def summary(report: dict, out: str) -> str:
+    """Per-block dims before → after of an NViT report, then params, MACs and accuracy."""
+    before, after = report["dims"]["before"], report["dims"]["after"]
+    rows = [(i, _dims(b), _dims(a)) for i, (b, a) in enumerate(zip(before["blocks"], after["blocks"]), start=1)]
+    lines = [f"embed dim {before['embed_dim']} → {after['embed_dim']}",
+             format_table(["block", "before: heads×qk/v, mlp", "after"], rows),
+             f"params {report['params']['ratio']:.3f}×, MACs {report['macs']['ratio']:.3f}× "
+             f"(compaction max abs diff {report['compaction_max_abs_diff']:.1e})"]
+    lines += accuracy_lines(report.get("accuracy", {}))
+    if "latency" in report:
+        lines.append(latency_line(report["latency"]))
+    lines.append(f"saved {out}")
+    return "\n".join(lines)
+
+
+def _dims(block: dict) -> str:
+    return f"{block['heads']}×{block['qk_dim']}/{block['v_dim']}, {block['mlp_dim']}"
 
 
 METHODS.register(PruneMethod(
@@ -58,4 +78,4 @@ METHODS.register(PruneMethod(
         "seed": "calibration sampling and fine-tuning order",
     },
     choices={"criterion": CRITERIA, "latency_precision": LATENCY_PRECISIONS}, defaults={"target_flops": None},
-    run=run, summary=nvit_summary, data=TRAIN_DATA))
+    run=run, summary=summary, data=TRAIN_DATA))

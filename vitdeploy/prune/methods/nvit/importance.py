@@ -21,7 +21,7 @@ import torch
 from vitdeploy import runtime
 from vitdeploy.models.groups import structure_map
 from vitdeploy.models.vit import ViT
-from vitdeploy.prune.nvit_config import CRITERIA
+from vitdeploy.prune.methods.nvit.config import CRITERIA
 
 LossFn = Callable[[ViT, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -1,5 +1,5 @@
 """Settings of SPViT soft token pruning (a light module: the CLI reads its defaults without
-importing torch). See ``vitdeploy.prune.spvit`` for the method."""
+importing torch). See ``vitdeploy.prune.methods.spvit.algorithm`` for the method."""
 
 from __future__ import annotations
 
