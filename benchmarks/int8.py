@@ -32,7 +32,8 @@ from vitdeploy.hardware import cpu_name, device_slug, environment
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import load_model
 from vitdeploy.quantize.config import QuantizeConfig
-from vitdeploy.quantize.ptq import nodes_by_part, quantize_onnx
+from vitdeploy.quantize.parts import nodes_by_part
+from vitdeploy.quantize.ptq import quantize_onnx
 from vitdeploy.tables import format_table
 
 RESULTS = Path(__file__).parent / "results"

@@ -36,7 +36,8 @@ from vitdeploy.hardware import environment
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import load_model
 from vitdeploy.quantize.config import QuantizeConfig
-from vitdeploy.quantize.ptq import calibration_batches, compare_accuracy, nodes_by_part
+from vitdeploy.quantize.parts import nodes_by_part
+from vitdeploy.quantize.ptq import calibration_batches, compare_accuracy
 from vitdeploy.tables import format_table
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,5 +1,6 @@
-"""The package's layering (docs/architecture.md): no module imports from a layer above its own, and
-no two top-level packages import each other, directly or round a cycle (within a layer too).
+"""The package's layering (docs/architecture.md): no module imports from a layer above its own, no
+two top-level packages import each other, directly or round a cycle (within a layer too), and no
+two modules do either (within a package too).
 
 Every import counts: at module level or inside a function, absolute or relative, and
 ``from vitdeploy import X`` as an import of ``vitdeploy.X``."""
@@ -90,3 +91,28 @@ def test_no_cycle_between_top_level_packages():
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as error:
         pytest.fail(f"import cycle between top-level packages: {' → '.join(error.args[1])}")
+
+
+MODULE_NAMES = {module_name(path).removesuffix(".__init__"): path for path in MODULES}
+
+
+def imported_vitdeploy_modules(path: Path) -> set[str]:
+    """The modules (or packages) of vitdeploy that ``path`` imports: ``from package import module``
+    counts as an import of that module."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = absolute_module(path, node)
+            names.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULE_NAMES else base
+                         for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names & MODULE_NAMES.keys()
+
+
+def test_no_cycle_between_modules():
+    graph = {name: imported_vitdeploy_modules(path) - {name} for name, path in MODULE_NAMES.items()}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as error:
+        pytest.fail(f"import cycle between modules: {' → '.join(error.args[1])}")

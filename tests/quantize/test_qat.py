@@ -14,7 +14,7 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp
 from vitdeploy.errors import VitDeployError
 from vitdeploy.export.onnx import INPUT_NAME, export_onnx
 from vitdeploy.models.zoo import load_model
-from vitdeploy.quantize import ptq, qat
+from vitdeploy.quantize import parts, ptq, qat
 from vitdeploy.quantize.config import QuantizeConfig
 
 QUICK = dict(calib_images=64, calib_batch=32, eval_limit=300)
@@ -66,7 +66,7 @@ def test_the_fake_quantized_model_computes_what_the_qdq_graph_does(tmp_path, cal
     assert len(inputs) == 4 * model.spec.depth
     export_onnx(model, tmp_path / "float.onnx")
     graph = onnx.load(str(tmp_path / "float.onnx"))
-    nodes = ptq.nodes_by_part(graph, ("linear",))["linear"]
+    nodes = parts.nodes_by_part(graph, ("linear",))["linear"]
     overrides = qat.tensor_overrides(graph, nodes, inputs)
     ptq.quantize_onnx(tmp_path / "float.onnx", tmp_path / "int8.onnx", calibration,
                       QuantizeConfig(target=target, **QUICK), overrides)

@@ -18,7 +18,7 @@ from vitdeploy.models.spec import TokenStep
 from vitdeploy.models.token_plan import with_spec
 from vitdeploy.models.zoo import load_model
 from vitdeploy.prune.methods.spvit import algorithm as spvit
-from vitdeploy.quantize import ptq
+from vitdeploy.quantize import parts, ptq
 from vitdeploy.quantize.config import PARTS, QuantizeConfig
 from vitdeploy.schema import flag_name, validated
 
@@ -55,7 +55,7 @@ def test_the_parts_are_the_weight_matmuls_attention_patch_embedding_and_head(tin
     graph = exported(tiny, tmp_path)
     weights = initializers(graph)
     nodes = {node.name: node for node in graph.graph.node}
-    found = ptq.nodes_by_part(graph, PARTS)
+    found = parts.nodes_by_part(graph, PARTS)
     depth = len(tiny.spec.blocks)
     assert {part: len(names) for part, names in found.items()} == {
         "linear": 4 * depth, "attention": 2 * depth, "patch-embed": 1, "head": 1}
@@ -75,8 +75,8 @@ def spvit_selectors(model):
 @pytest.mark.parametrize("planned", [class_attention_plan, spvit_selectors], ids=lambda f: f.__name__)
 def test_token_selection_stays_in_float(tiny, tmp_path, planned):
     """A token plan adds score and selection nodes (SPViT: a selector MLP with weights); none joins a part."""
-    plain = ptq.nodes_by_part(exported(tiny, tmp_path), PARTS)
-    planned = ptq.nodes_by_part(exported(planned(tiny), tmp_path), PARTS)
+    plain = parts.nodes_by_part(exported(tiny, tmp_path), PARTS)
+    planned = parts.nodes_by_part(exported(planned(tiny), tmp_path), PARTS)
     assert {p: len(n) for p, n in planned.items()} == {p: len(n) for p, n in plain.items()}
 
 
@@ -140,7 +140,7 @@ def test_a_graph_without_the_exporters_scopes_has_nothing_to_quantize():
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
     graph = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "x"], ["y"], name="mm")], "g", [x], [y])
     with pytest.raises(VitDeployError, match="nothing to quantize: the model has no linear nodes"):
-        ptq.nodes_by_part(onnx.helper.make_model(graph), ("linear",))
+        parts.nodes_by_part(onnx.helper.make_model(graph), ("linear",))
 
 
 @pytest.mark.parametrize("settings, message", [

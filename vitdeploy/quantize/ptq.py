@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,19 +35,7 @@ from vitdeploy.export.onnx import INPUT_NAME, export_onnx
 from vitdeploy.io import atomic_paths, finite_json
 from vitdeploy.models.vit import ViT
 from vitdeploy.quantize.config import QuantizeConfig
-
-SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-PART_SCOPES = {
-    "linear": re.compile(r"^(blocks\.\d+\.)?(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)$"),
-    "attention": re.compile(r"^scaled_dot_product_attention(_\d+)?$"),
-    "patch-embed": re.compile(r"^patch_embed\.proj$"),
-    "head": re.compile(r"^head(_dist)?$"),
-}
-"""A node's module scope (the innermost two: module path, then op) → the part it belongs to (see
-``config.PARTS``). A block's layers may also sit at the top (a latency table's block parts)."""
-PART_OPS = {"linear": ("MatMul", "Gemm"), "attention": ("MatMul",), "patch-embed": ("Conv",),
-            "head": ("MatMul", "Gemm")}
-
+from vitdeploy.quantize.parts import PART_OPS, nodes_by_part
 
 @dataclass
 class Accuracy:
@@ -149,44 +136,6 @@ def calibration_batches(dataset, config: QuantizeConfig) -> list[np.ndarray]:
     return found
 
 
-def nodes_by_part(model: onnx.ModelProto, parts: tuple[str, ...]) -> dict[str, list[str]]:
-    """Names of the nodes that ``parts`` cover, per part; refused if none is found."""
-    found = _nodes_by_part(model, parts)
-    if not any(found.values()):
-        raise VitDeployError(f"nothing to quantize: the model has no {', '.join(parts)} nodes")
-    return found
-
-
-def _nodes_by_part(model: onnx.ModelProto, parts: tuple[str, ...]) -> dict[str, list[str]]:
-    weights = {init.name for init in model.graph.initializer}
-    found: dict[str, list[str]] = {part: [] for part in parts}
-    for node in model.graph.node:
-        part = _part_of(node, parts)
-        multiplies_a_weight = bool(weights.intersection(node.input[:2]))
-        if part is not None and multiplies_a_weight == (part != "attention"):  # attention: two activations
-            found[part].append(node.name)
-    return found
-
-
-def _part_of(node: onnx.NodeProto, parts: tuple[str, ...]) -> str | None:
-    innermost = _innermost_scopes(node)
-    for part in parts:
-        if node.op_type in PART_OPS[part] and any(PART_SCOPES[part].match(scope) for scope in innermost):
-            return part
-    return None
-
-
-def module_of(node: onnx.NodeProto) -> str:
-    """The block Linear (``blocks.3.mlp.fc1``) a node of the ``linear`` part was exported from."""
-    return next(scope for scope in reversed(_innermost_scopes(node)) if PART_SCOPES["linear"].match(scope))
-
-
-def _innermost_scopes(node: onnx.NodeProto) -> list[str]:
-    """The innermost two of the module scopes the exporter recorded on ``node`` (module path, then op)."""
-    scopes = next((p.value for p in node.metadata_props if p.key == SCOPES_KEY), "")
-    return [scope for scope in re.findall(r"'([^']*)'", scopes) if scope][-2:]
-
-
 class _Images(CalibrationDataReader):
     """ONNX Runtime's calibration reader over a list of batches."""
 
@@ -229,7 +178,7 @@ def quantize_for_timing(float_path: Path, out: Path, example_shape: tuple[int, .
     on random inputs of ``example_shape``: latency does not depend on the values. False, and nothing
     written, when the graph has none of the default parts (a latency table's stem-and-head part)."""
     config = QuantizeConfig(target=target)
-    if not any(_nodes_by_part(onnx.load(str(float_path)), config.parts).values()):
+    if not any(nodes_by_part(onnx.load(str(float_path)), config.parts, required=False).values()):
         return False
     calibration = [np.random.default_rng(0).standard_normal(example_shape, dtype=np.float32)]
     quantize_onnx(float_path, out, calibration, config)

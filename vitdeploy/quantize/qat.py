@@ -146,7 +146,7 @@ def fine_tune(model, train_set, calibration: list[np.ndarray], config: QuantizeC
 def tensor_overrides(graph: onnx.ModelProto, nodes: list[str], inputs: dict[str, InputQuantization]) -> dict:
     """``TensorQuantOverrides`` for the inputs of ``nodes`` (the quantized MatMuls), found by the
     module each was exported from."""
-    from vitdeploy.quantize.ptq import module_of
+    from vitdeploy.quantize.parts import module_of
 
     wanted = set(nodes)
     return {node.input[0]: inputs[module_of(node)].override() for node in graph.graph.node if node.name in wanted}
