@@ -6,11 +6,14 @@ first problem becomes one ``VitDeployError`` line naming the file and the field.
 field are ``Annotated[..., pydantic.Field(ge=..., le=...)]`` on the field; checks that involve
 several fields stay in each dataclass's ``validate()``, which ``parse`` calls and which starts with
 ``check_fields(self)`` where the ranges live in the schema. ``validated`` checks a dataclass built
-from command-line flags the same way, naming the flag.
+from command-line flags the same way, naming the flag; ``validate()`` names fields through
+``named``, so its own messages name the flag there and the JSON key in a file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 from collections.abc import Callable
@@ -25,6 +28,8 @@ T = TypeVar("T")
 
 STRICT_JSON = pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 FOREIGN_JSON = pydantic.ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+_FIELD_NAMES: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar("field_names", default=str)
+"""How the settings being checked name their fields: the JSON key unless ``validated`` says otherwise."""
 MAX_JSON_BYTES = 64 * 1024 * 1024
 """Larger files are refused before parsing (a spec or recipe is a few KB, a latency table < 1 MB)."""
 
@@ -62,10 +67,11 @@ def parse(cls: type[T], source: str | bytes | Any, where: str) -> T:
         raise VitDeployError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
-def check_fields(value: Any, name: Callable[[str], str] = str) -> None:
+def check_fields(value: Any, name: Callable[[str], str] | None = None) -> None:
     """Check a settings dataclass built in code (from flags, or by a library caller) against its
     schema like parsed JSON: types, one-field ranges, finite numbers. ``name`` turns a field's path
-    into what the user wrote, e.g. ``--max-drop`` for ``max_drop``; by default the field (JSON key)."""
+    into what the user wrote, e.g. ``--max-drop`` for ``max_drop``; by default as ``named`` does."""
+    name = name or _FIELD_NAMES.get()
     try:
         pydantic.TypeAdapter(type(value)).validate_json(json.dumps(dataclasses.asdict(value)))
     except pydantic.ValidationError as exc:
@@ -73,10 +79,29 @@ def check_fields(value: Any, name: Callable[[str], str] = str) -> None:
 
 
 def validated(value: T, name: Callable[[str], str] = str) -> T:
-    """``check_fields`` naming fields through ``name``, then the dataclass's own ``validate()``."""
+    """``check_fields`` naming fields through ``name``, then the dataclass's own ``validate()``, whose
+    messages name fields the same way (``named``)."""
     check_fields(value, name)
     validate = getattr(value, "validate", None)
-    return validate() if callable(validate) else value
+    if not callable(validate):
+        return value
+    with _naming_fields(name):
+        return validate()
+
+
+def named(field: str) -> str:
+    """A settings field as the user wrote it, for a ``validate()`` message: ``--max-drop`` while
+    ``validated`` checks command-line settings, ``max_drop`` in a JSON file or a library call."""
+    return _FIELD_NAMES.get()(field)
+
+
+@contextlib.contextmanager
+def _naming_fields(name: Callable[[str], str]):
+    token = _FIELD_NAMES.set(name)
+    try:
+        yield
+    finally:
+        _FIELD_NAMES.reset(token)
 
 
 def flag_name(field: str) -> str:

@@ -19,10 +19,11 @@ from vitdeploy.models.spec import TokenStep
 from vitdeploy.prune.methods.patch_slimming import algorithm as patch_slimming
 from vitdeploy.prune.methods.star import algorithm as star
 from vitdeploy.prune.calibrate import run_blocks, trace
+from vitdeploy.prune.methods.baselines.config import BaselineConfig
 from vitdeploy.prune.token_config import token_config
 from vitdeploy.prune.costs import flops_target
 from vitdeploy.prune.token_methods import prune_tokens, solve_knob
-from vitdeploy.schema import flag_name, validated
+from vitdeploy.schema import flag_name, parse, validated
 from vitdeploy.tokens import select
 from vitdeploy.models.token_plan import with_spec
 
@@ -256,6 +257,16 @@ def test_latency_target_with_a_table_of_another_geometry_names_the_build_command
 def test_config_validation(fields, message):
     with pytest.raises(VitDeployError, match=message):
         validated(token_config(**fields), flag_name)
+
+
+def test_a_cross_field_message_names_the_flag_on_the_command_line_and_the_key_elsewhere():
+    config = token_config("uniform", target_latency_ms=5.0)
+    with pytest.raises(VitDeployError, match="^--target-latency-ms and --lut go together"):
+        validated(config, flag_name)
+    with pytest.raises(VitDeployError, match="^target_latency_ms and lut go together"):
+        config.validate()
+    with pytest.raises(VitDeployError, match="^recipe r.json: target_latency_ms and lut go together"):
+        parse(BaselineConfig, {"method": "uniform", "target_latency_ms": 5.0}, "recipe r.json")
 
 
 def test_a_library_caller_reads_the_field_name():

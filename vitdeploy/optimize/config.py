@@ -9,7 +9,7 @@ from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.quantize.config import INT8
-from vitdeploy.schema import check_fields, schema
+from vitdeploy.schema import check_fields, named, schema
 
 Share = Annotated[float, Field(gt=0, lt=1)]
 Count = Annotated[int, Field(ge=1)]
@@ -85,17 +85,17 @@ class OptimizeConfig:
     def validate(self) -> "OptimizeConfig":
         check_fields(self)
         if (self.budget_ms is None) == (self.budget_ratio is None):
-            raise VitDeployError("give exactly one budget: --budget-ms MS or --budget-ratio R")
+            raise VitDeployError(f"give exactly one budget: {named('budget_ms')} MS or {named('budget_ratio')} R")
         if self.search not in SEARCHES:
-            raise VitDeployError(f"unknown --search {self.search!r}: choose one of {', '.join(SEARCHES)}")
+            raise VitDeployError(f"unknown {named('search')} {self.search!r}: choose one of {', '.join(SEARCHES)}")
         for method in (self.tokens, *self.alone_methods):
             self._require_token_method(method)
         unknown = sorted(set(self.precision_list) - set(PRECISIONS))
         if unknown or FLOAT not in self.precision_list:
-            raise VitDeployError(f"--precisions {self.precisions!r}: give {FLOAT} or {FLOAT},{INT8} (the float search "
-                                 "is the reference the budget ratio and INT8's gain are measured against)")
+            raise VitDeployError(f"{named('precisions')} {self.precisions!r}: give {FLOAT} or {FLOAT},{INT8} (the "
+                                 "float search is the reference the budget ratio and INT8's gain are measured against)")
         if self.int8_lut is not None and INT8 not in self.precision_list:
-            raise VitDeployError(f"--int8-lut applies only with --precisions {FLOAT},{INT8}")
+            raise VitDeployError(f"{named('int8_lut')} applies only with {named('precisions')} {FLOAT},{INT8}")
         return self
 
     @property
@@ -105,10 +105,10 @@ class OptimizeConfig:
     @property
     def alone_methods(self) -> tuple[str, ...]:
         """The token methods tried alone: ``tokens`` first when the search is ``tokens``."""
-        named = [m.strip() for m in self.alone.split(",") if m.strip()]
+        methods = [m.strip() for m in self.alone.split(",") if m.strip()]
         if self.search == "tokens":
-            named.insert(0, self.tokens)
-        return tuple(dict.fromkeys(named)) if self.search != "nvit" else ()
+            methods.insert(0, self.tokens)
+        return tuple(dict.fromkeys(methods)) if self.search != "nvit" else ()
 
     @staticmethod
     def _require_token_method(method: str) -> None:

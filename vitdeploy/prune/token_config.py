@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
-from vitdeploy.schema import check_fields, schema
+from vitdeploy.schema import check_fields, named, schema
 
 Count = Annotated[int, Field(ge=1)]
 
@@ -47,10 +47,11 @@ class TokenTargets:
         check_fields(self)
         choices = ("target_flops", "target_latency_ms", *self.KNOBS)
         if sum(getattr(self, name) is not None for name in choices) != 1:
-            names = " or ".join(f"--{name.replace('_', '-')}" for name in choices)
+            names = " or ".join(named(name) for name in choices)
             raise VitDeployError(f"{self.method} needs exactly one of {names}")
         if (self.target_latency_ms is None) != (self.lut is None):
-            raise VitDeployError("--target-latency-ms and --lut go together: the table predicts the latency")
+            raise VitDeployError(f"{named('target_latency_ms')} and {named('lut')} go together: the table predicts "
+                                 "the latency")
         return self
 
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.prune.token_config import TokenTargets
-from vitdeploy.schema import schema
+from vitdeploy.schema import named, schema
 
 
 @schema
@@ -33,7 +33,7 @@ class BaselineConfig(TokenTargets):
     def validate(self) -> "BaselineConfig":
         super().validate()
         if self.package and self.method != "cls-attn":
-            raise VitDeployError("--package applies to cls-attn only")
+            raise VitDeployError(f"{named('package')} applies to cls-attn only")
         if self.blocks is not None and self.method != "cls-attn":
-            raise VitDeployError("--blocks applies to cls-attn only")
+            raise VitDeployError(f"{named('blocks')} applies to cls-attn only")
         return self

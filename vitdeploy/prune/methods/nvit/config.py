@@ -10,7 +10,7 @@ from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.quantize.config import INT8
-from vitdeploy.schema import check_fields, schema
+from vitdeploy.schema import check_fields, named, schema
 from vitdeploy.train.config import FINE_TUNE_LR, TrainConfig, fine_tune_config
 
 LATENCY_PRECISIONS = ("fp32", INT8)
@@ -59,12 +59,14 @@ class NViTConfig:
         """Raise ``VitDeployError`` for a bad value; return self for chaining."""
         check_fields(self)
         if (self.target_flops is None) == (self.target_latency_ms is None):
-            raise VitDeployError("give exactly one target: --target-flops RATIO or --target-latency-ms MS")
+            raise VitDeployError(f"give exactly one target: {named('target_flops')} RATIO or "
+                                 f"{named('target_latency_ms')} MS")
         if self.latency_precision not in LATENCY_PRECISIONS:
             raise VitDeployError(f"unknown latency precision {self.latency_precision!r}: choose "
                                  f"{' or '.join(LATENCY_PRECISIONS)}")
         if self.latency_precision == INT8 and self.target_latency_ms is None:
-            raise VitDeployError("an INT8 latency precision needs a latency target (--target-latency-ms with --lut)")
+            raise VitDeployError(f"an INT8 latency precision needs a latency target ({named('target_latency_ms')} "
+                                 f"with {named('lut')})")
         if self.criterion not in CRITERIA:
             raise VitDeployError(f"unknown criterion {self.criterion!r}: choose one of {', '.join(CRITERIA)}")
         return self

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
 from vitdeploy.models.spec import PACKAGE_MODES, phase_blocks
-from vitdeploy.schema import check_fields, schema
+from vitdeploy.schema import check_fields, named, schema
 
 Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
@@ -74,7 +74,8 @@ class SPViTConfig:
         """Raise ``VitDeployError`` on a bad setting; with ``depth``, check the selector blocks too."""
         check_fields(self)
         if self.package_mode not in PACKAGE_MODES:
-            raise VitDeployError(f"--package-mode must be one of {', '.join(PACKAGE_MODES)}, got {self.package_mode!r}")
+            raise VitDeployError(f"{named('package_mode')} must be one of {', '.join(PACKAGE_MODES)}, got "
+                                 f"{self.package_mode!r}")
         if depth is not None:
             self.selector_blocks(depth)
         return self
