@@ -69,10 +69,10 @@ def test_config_check_rejects_a_config_that_does_not_match_the_graph(tiny_onnx, 
 
 
 @pytest.mark.parametrize("config, message", [
-    (RepoConfig(target="tensorrt"), "--device cuda"),
-    (RepoConfig(preferred_batch=(64,)), "preferred-batch"),
-    (RepoConfig(ort_tensorrt="fp16"), "--ort-tensorrt applies"),
-    (RepoConfig(max_batch=0), "--max-batch"),
+    (RepoConfig(target="tensorrt"), "pass device cuda"),
+    (RepoConfig(preferred_batch=(64,)), "preferred_batch sizes must lie in 1..max_batch"),
+    (RepoConfig(ort_tensorrt="fp16"), "ort_tensorrt applies to target onnxruntime"),
+    (RepoConfig(max_batch=0), "^max_batch: Input should be greater than or equal to 1"),
 ])
 def test_bad_settings_write_nothing(tiny_onnx, tmp_path, config, message):
     with pytest.raises(VitDeployError, match=message):

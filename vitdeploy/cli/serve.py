@@ -141,12 +141,13 @@ def _add_triton_repo(sub) -> None:
 
 
 def _run_triton_repo(args) -> None:
+    from vitdeploy.schema import flag_name, validated
     from vitdeploy.serve.repository import RepoConfig, write_repository
 
-    config = RepoConfig(target=args.target, device=args.device or _default_device(args.target),
-                        max_batch=args.max_batch, preferred_batch=args.preferred_batch,
-                        max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                        ort_tensorrt=args.ort_tensorrt).validate()
+    config = validated(RepoConfig(target=args.target, device=args.device or _default_device(args.target),
+                                  max_batch=args.max_batch, preferred_batch=args.preferred_batch,
+                                  max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+                                  ort_tensorrt=args.ort_tensorrt), flag_name)
     loaded = load_model_refs(args, args.models)
     written = write_repository(args.models, args.name, config, Path(args.out), loaded)
     if args.json:

@@ -20,10 +20,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from vitdeploy.backends import BACKENDS, BuildConfig, ModelSource, get_backend
 from vitdeploy.errors import VitDeployError
 from vitdeploy.io import atomic_dir, check_output_dir, write_bytes_atomic
+from vitdeploy.schema import check_fields, named, schema
 from vitdeploy.serve.triton import INPUT_NAME, OUTPUT_NAME, model_names
 
 VERSION = "1"
@@ -31,34 +35,36 @@ CONFIG_NAME = "config.pbtxt"
 ORT_TENSORRT_PRECISIONS = ("fp32", "fp16")
 
 
+@schema
 @dataclass
 class RepoConfig:
     """What goes into every model's config.pbtxt, and which engine file is written."""
 
     target: str = "onnxruntime"
     device: str = "cpu"
-    max_batch: int = 32
-    preferred_batch: tuple[int, ...] = ()
-    max_queue_delay_us: int = 1000
-    instances: int = 1
+    max_batch: Annotated[int, Field(ge=1)] = 32
+    preferred_batch: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    max_queue_delay_us: Annotated[int, Field(ge=0)] = 1000
+    instances: Annotated[int, Field(ge=1)] = 1
     ort_tensorrt: str | None = None
     """Precision of ONNX Runtime's TensorRT execution accelerator (fp32 or fp16); None leaves it off."""
 
     def validate(self) -> "RepoConfig":
+        check_fields(self)
         if self.target not in served_backends():
-            raise VitDeployError(f"unknown target {self.target!r}: choose {' or '.join(served_backends())}")
-        if self.max_batch < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
-            raise VitDeployError("--max-batch and --instances must be at least 1, --max-queue-delay-us at least 0")
-        if any(not 1 <= b <= self.max_batch for b in self.preferred_batch):
-            raise VitDeployError(f"--preferred-batch sizes must lie in 1..--max-batch ({self.max_batch})")
+            raise VitDeployError(f"unknown {named('target')} {self.target!r}: choose {' or '.join(served_backends())}")
+        if any(b > self.max_batch for b in self.preferred_batch):
+            raise VitDeployError(f"{named('preferred_batch')} sizes must lie in 1..{named('max_batch')} "
+                                 f"({self.max_batch})")
         if self.target == "tensorrt" and self.device != "cuda":
-            raise VitDeployError("--target tensorrt builds a TensorRT plan, which runs on GPUs only: "
-                                 "pass --device cuda")
+            raise VitDeployError(f"{named('target')} tensorrt builds a TensorRT plan, which runs on GPUs only: "
+                                 f"pass {named('device')} cuda")
         if self.ort_tensorrt is not None:
             if self.ort_tensorrt not in ORT_TENSORRT_PRECISIONS:
-                raise VitDeployError(f"--ort-tensorrt {self.ort_tensorrt}: choose fp32 or fp16")
+                raise VitDeployError(f"{named('ort_tensorrt')} {self.ort_tensorrt}: choose fp32 or fp16")
             if self.target != "onnxruntime" or self.device != "cuda":
-                raise VitDeployError("--ort-tensorrt applies to --target onnxruntime with --device cuda")
+                raise VitDeployError(f"{named('ort_tensorrt')} applies to {named('target')} onnxruntime with "
+                                     f"{named('device')} cuda")
         return self
 
 
