@@ -6,6 +6,7 @@ import pytest
 
 from tests.serve.conftest import MAX_BATCH
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import validated
 from vitdeploy.serve.loadtest import LoadPlan, metric_totals, parse_endpoint, run_loadtest
 from vitdeploy.serve.report import load_result, markdown_report, write_load_result
 
@@ -157,3 +158,18 @@ def test_a_server_that_never_answers_is_one_line_within_the_timeout(silent_serve
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("vitdeploy: error: the server did not answer within --timeout 1 s")
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("fields, on_the_command_line, elsewhere", [
+    ({"duration_s": 0.0}, "^--duration: Input should be greater than 0", "^duration_s: Input should be greater than 0"),
+    ({"request_timeout_s": 4000.0}, "^--timeout: Input should be less than or equal to 3600",
+     "^request_timeout_s: Input should be less than or equal to 3600"),
+    ({"concurrency": (1, 0)}, "^--concurrency.1: Input should be greater than or equal to 1",
+     "^concurrency.1: Input should be greater than or equal to 1"),
+    ({"concurrency": ()}, "^--concurrency: ", "^concurrency: "),
+])
+def test_a_bad_plan_names_the_flag_on_the_command_line_and_the_field_elsewhere(fields, on_the_command_line, elsewhere):
+    with pytest.raises(VitDeployError, match=on_the_command_line):
+        validated(LoadPlan(**fields), LoadPlan.flag)
+    with pytest.raises(VitDeployError, match=elsewhere):
+        LoadPlan(**fields).validate()

@@ -159,7 +159,7 @@ def _run_triton_repo(args) -> None:
 
 
 def _add_loadtest(sub) -> None:
-    from vitdeploy.serve.loadtest import MAX_CONCURRENCY, LoadPlan
+    from vitdeploy.serve.loadtest import MAX_CONCURRENCY, MAX_SECONDS, LoadPlan
 
     d = LoadPlan()
     p = sub.add_parser("loadtest", help="closed-loop load test of a Triton server on this machine",
@@ -174,14 +174,14 @@ def _add_loadtest(sub) -> None:
                    help="Triton model name; repeat to test several, one after the other")
     p.add_argument("--concurrency", type=whole_number_list(1, MAX_CONCURRENCY, "client counts"), default="1,8,32",
                    help="comma-separated client counts (default: %(default)s)")
-    p.add_argument("--duration", type=float_in(0, 3600, low_open=True), default=d.duration_s,
+    p.add_argument("--duration", type=float_in(0, MAX_SECONDS, low_open=True), default=d.duration_s,
                    help="timed seconds per level (default: %(default)s)")
-    p.add_argument("--warmup", type=float_in(0, 3600), default=d.warmup_s,
+    p.add_argument("--warmup", type=float_in(0, MAX_SECONDS), default=d.warmup_s,
                    help="untimed seconds per level before timing (default: %(default)s)")
     p.add_argument("--max-requests", type=whole_number_in(1, MAX_REQUESTS), default=d.max_requests,
                    help="request cap per level (default: %(default)s)")
     p.add_argument("--batch", type=batch_size, default=d.batch, help="images per request (default: %(default)s)")
-    p.add_argument("--timeout", type=float_in(0, 3600, low_open=True), default=d.request_timeout_s,
+    p.add_argument("--timeout", type=float_in(0, MAX_SECONDS, low_open=True), default=d.request_timeout_s,
                    help="seconds before a request counts as failed (default: %(default)s)")
     p.add_argument("--metrics-url", type=non_empty,
                    help="the server's Prometheus metrics (default: Triton's port layout, the metrics port being the "
@@ -193,15 +193,15 @@ def _add_loadtest(sub) -> None:
 
 def _run_loadtest(args) -> None:
     from vitdeploy.io import check_output_files
+    from vitdeploy.schema import validated
     from vitdeploy.serve.loadtest import LoadPlan, parse_endpoint, run_loadtest
     from vitdeploy.serve.report import load_result, markdown_report, write_load_result
 
     endpoint = parse_endpoint(args.url, args.metrics_url)
     if args.out is not None:
         check_output_files(*(args.out + suffix for suffix in (".json", ".md", ".png")))
-    plan = LoadPlan(concurrency=args.concurrency,
-                    duration_s=args.duration, max_requests=args.max_requests, batch=args.batch,
-                    warmup_s=args.warmup, request_timeout_s=args.timeout).validate()
+    plan = validated(LoadPlan(concurrency=args.concurrency, duration_s=args.duration, max_requests=args.max_requests,
+                              batch=args.batch, warmup_s=args.warmup, request_timeout_s=args.timeout), LoadPlan.flag)
     rows = run_loadtest(endpoint, args.model, plan)
     title = f"Triton load test over {endpoint.protocol} at {endpoint.address}: {', '.join(args.model)}"
     result = load_result(title, rows, {"url": args.url, "metrics_url": endpoint.metrics_url, **vars(plan)})

@@ -20,11 +20,14 @@ import socket
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
+from pydantic import Field
 
 from vitdeploy.errors import VitDeployError
+from vitdeploy.schema import check_fields, flag_name, schema
 
 PROTOCOLS = ("grpc", "http")
 METRICS_PORT_OFFSET = {"http": 2, "grpc": 1}
@@ -38,27 +41,37 @@ ERRORS_KEPT = 3
 """Distinct error messages kept per level, to say what went wrong without flooding the report."""
 
 
+MAX_SECONDS = 3600
+"""The longest duration, warm-up and request timeout a load test accepts."""
+
+
+@schema
 @dataclass
 class LoadPlan:
-    concurrency: tuple[int, ...] = (1, 8, 32)
-    duration_s: float = 10.0
+    concurrency: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (1, 8, 32)
+    duration_s: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 10.0
     """Time per concurrency level; the level also ends after ``max_requests``."""
-    max_requests: int = 100_000
-    batch: int = 1
+    max_requests: Annotated[int, Field(ge=1)] = 100_000
+    batch: Annotated[int, Field(ge=1)] = 1
     """Images per request."""
-    warmup_s: float = 1.0
+    warmup_s: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = 1.0
     """Untimed load at each level before the timed part."""
-    request_timeout_s: float = 30.0
+    request_timeout_s: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 30.0
     seed: int = 0
 
+    FLAGS: ClassVar[dict[str, str]] = {"duration_s": "--duration", "warmup_s": "--warmup",
+                                       "request_timeout_s": "--timeout"}
+    """The command-line flags whose names differ from their fields'."""
+
     def validate(self) -> "LoadPlan":
-        if not self.concurrency or min(self.concurrency) < 1:
-            raise VitDeployError("--concurrency: give client counts ≥ 1")
-        if not 0 < self.duration_s <= 3600 or not 0 <= self.warmup_s <= 3600:
-            raise VitDeployError("--duration must be in (0, 3600] seconds and --warmup in [0, 3600]")
-        if self.max_requests < 1 or self.batch < 1 or not 0 < self.request_timeout_s <= 3600:
-            raise VitDeployError("--max-requests and --batch must be at least 1, --timeout in (0, 3600] seconds")
+        check_fields(self)
         return self
+
+    @classmethod
+    def flag(cls, field: str) -> str:
+        """The flag of a field (or of a field's item, such as ``concurrency.1``)."""
+        head, dot, rest = field.partition(".")
+        return cls.FLAGS.get(head, flag_name(head)) + dot + rest
 
 
 @dataclass
