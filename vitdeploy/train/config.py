@@ -13,8 +13,6 @@ Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 
-FINE_TUNE_LR = 5e-4
-"""The peak learning rate of the pruning methods' short distilled fine-tunes."""
 
 
 @schema
@@ -53,9 +51,24 @@ class TrainConfig:
                 + (f" --limit {self.limit}" if self.limit else "") + (f" --init {self.init}" if self.init else ""))
 
 
-def fine_tune_config(batch_size: int, lr: float, temperature: float, distill_weight: float, seed: int,
-                     threads: int) -> TrainConfig:
-    """A pruning method's short fine-tune, distilled from the unpruned model: no warm-up, and a
-    cosine from ``lr`` down to ``lr / 100``."""
-    return TrainConfig(batch_size=batch_size, lr=lr, min_lr=lr / 100, warmup_epochs=0.0, seed=seed, threads=threads,
-                       distill_temperature=temperature, distill_weight=distill_weight)
+@schema
+@dataclass
+class DistilledFineTune:
+    """The settings of a pruning method's short fine-tunes, distilled from the unpruned model (a base
+    for the method's own settings)."""
+
+    batch_size: Count = 128
+    finetune_steps: Annotated[int, Field(ge=0)] = 40
+    lr: Positive = 5e-4
+    """Peak learning rate of every fine-tune (cosine decay to 1 % of it, no warm-up)."""
+    temperature: Positive = 1.0
+    """Distillation temperature τ of the KL term to the unpruned model's logits."""
+    distill_weight: NonNegative = 1.0
+    seed: int = 0
+    threads: Count = 2
+
+    def train_config(self, seed_offset: int = 0) -> TrainConfig:
+        """The settings of one fine-tune of the run."""
+        return TrainConfig(batch_size=self.batch_size, lr=self.lr, min_lr=self.lr / 100, warmup_epochs=0.0,
+                           seed=self.seed + seed_offset, threads=self.threads, distill_temperature=self.temperature,
+                           distill_weight=self.distill_weight)

@@ -5,29 +5,17 @@ optionally fine-tuned with the zeros kept. Dims must be multiples of 16: prune w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
-
-from pydantic import Field
 
 from vitdeploy.prune.registry import METHODS, DataOption, PruneMethod
 from vitdeploy.prune.summaries import accuracy_lines
 from vitdeploy.schema import schema
-from vitdeploy.train.config import FINE_TUNE_LR, TrainConfig, fine_tune_config
+from vitdeploy.train.config import DistilledFineTune
 
 
 @schema
 @dataclass
-class Sparse24Config:
-    finetune_steps: Annotated[int, Field(ge=0)] = 40
-    batch_size: Annotated[int, Field(ge=1)] = 128
-    lr: Annotated[float, Field(gt=0)] = FINE_TUNE_LR
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    seed: int = 0
-    threads: Annotated[int, Field(ge=1)] = 2
-
-    def train_config(self) -> TrainConfig:
-        return fine_tune_config(self.batch_size, self.lr, self.temperature, distill_weight=1.0, seed=self.seed,
-                                threads=self.threads)
+class Sparse24Config(DistilledFineTune):
+    """The fine-tune's settings; 2:4 has none of its own."""
 
 
 def run(model, config: Sparse24Config, context):

@@ -11,7 +11,7 @@ from pydantic import Field
 from vitdeploy.errors import VitDeployError
 from vitdeploy.quantize.config import INT8
 from vitdeploy.schema import check_fields, named, schema
-from vitdeploy.train.config import FINE_TUNE_LR, TrainConfig, fine_tune_config
+from vitdeploy.train.config import DistilledFineTune
 
 LATENCY_PRECISIONS = ("fp32", INT8)
 """What ``target_latency_ms`` is for: the float model, or the model once INT8-quantized."""
@@ -21,7 +21,7 @@ CRITERIA = ("hessian", "magnitude")
 
 @schema
 @dataclass
-class NViTConfig:
+class NViTConfig(DistilledFineTune):
     """NViT settings; the defaults suit the Fashion-MNIST reference model on a CPU."""
 
     target_flops: Annotated[float, Field(gt=0, lt=1)] | None = 0.5
@@ -37,23 +37,14 @@ class NViTConfig:
     """``hessian`` ((Σ ∂L/∂w·w)² per group) or ``magnitude`` (‖W_S‖₂² per group)."""
     eta: Annotated[float, Field(ge=0)] = 0.1
     """Weight of the latency term: importance share minus eta × cost share of a removal."""
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    """Distillation temperature τ of the KL term to the unpruned model's logits."""
-    distill_weight: Annotated[float, Field(ge=0)] = 1.0
     prune_step: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """Each pruning step lowers the cost by this fraction of the original model's cost."""
     calib_batches: Annotated[int, Field(ge=1)] = 8
     """Calibration batches per importance estimate."""
-    batch_size: Annotated[int, Field(ge=1)] = 128
-    finetune_steps: Annotated[int, Field(ge=0)] = 40
-    """Fine-tuning steps after every pruning step."""
     final_finetune_steps: Annotated[int, Field(ge=0)] = 300
-    lr: Annotated[float, Field(gt=0)] = FINE_TUNE_LR
-    """Peak learning rate of every fine-tune (cosine decay to 1 % of it, no warm-up)."""
+    """Fine-tuning steps at the end (``finetune_steps`` run after every pruning step)."""
     round_to: Annotated[int, Field(ge=1)] = 8
     """Every pruned dim stays a multiple of this: 8, or 16 when 2:4 sparsity follows."""
-    seed: int = 0
-    threads: Annotated[int, Field(ge=1)] = 2
 
     def validate(self) -> NViTConfig:
         """Raise ``VitDeployError`` for a bad value; return self for chaining."""
@@ -70,8 +61,3 @@ class NViTConfig:
         if self.criterion not in CRITERIA:
             raise VitDeployError(f"unknown criterion {self.criterion!r}: choose one of {', '.join(CRITERIA)}")
         return self
-
-    def train_config(self, seed_offset: int = 0) -> TrainConfig:
-        """The fine-tuning settings (distillation on) for one fine-tune of the run."""
-        return fine_tune_config(self.batch_size, self.lr, self.temperature, self.distill_weight,
-                                self.seed + seed_offset, self.threads)
