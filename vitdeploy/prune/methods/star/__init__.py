@@ -34,18 +34,19 @@ def plan_star(model, config: StarConfig, images, progress: bool):
     return spec, {"rho": rho, "keep_rates": star.keep_rates(stats.acs, rho), "star": stats.to_dict()}
 
 
-METHODS.register(PruneMethod(
-    name="star", help="class attention fused with offline relevance, ACS keep rates (static counts)",
-    description="STAR (Zhang et al.): ranks patch tokens by S_intra^α · S_inter^(1−α), the class token's "
-                "attention fused with offline per-position relevance; keep rates from the layers' average "
-                "cosine similarity. Give --target-flops, --target-latency-ms with --lut, or --rho.",
-    config=StarConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
-    fixed={"method": "star"}, plan=plan_star))
+def _register(name: str, help: str, description: str, static: bool = True) -> None:
+    METHODS.register(PruneMethod(
+        name=name, help=help,
+        description=description + " Give --target-flops, --target-latency-ms with --lut, or --rho.",
+        config=StarConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
+        fixed={"method": name}, plan=plan_star, static=static))
 
-METHODS.register(PruneMethod(
-    name="a-star", help="STAR with input-dependent counts (PyTorch evaluation only, never exported)",
-    description="a-STAR: each image keeps the fewest tokens whose fused scores reach the step's rate, so the "
-                "count depends on the input. Not a static graph: `vitdeploy export --as-static-star` exports "
-                "its static STAR plan. Give --target-flops, --target-latency-ms with --lut, or --rho.",
-    config=StarConfig, options=OPTIONS, run=run_token_method, summary=prune_summary, data=CALIB,
-    fixed={"method": "a-star"}, plan=plan_star, static=False))
+
+_register("star", "class attention fused with offline relevance, ACS keep rates (static counts)",
+          "STAR (Zhang et al.): ranks patch tokens by S_intra^α · S_inter^(1−α), the class token's attention fused "
+          "with offline per-position relevance; keep rates from the layers' average cosine similarity.")
+_register("a-star", "STAR with input-dependent counts (PyTorch evaluation only, never exported)",
+          "a-STAR: each image keeps the fewest tokens whose fused scores reach the step's rate, so the count "
+          "depends on the input. Not a static graph: `vitdeploy export --as-static-star` exports its static "
+          "STAR plan.",
+          static=False)
