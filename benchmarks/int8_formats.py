@@ -28,13 +28,14 @@ from vitdeploy.data.datasets import dataset_for
 from vitdeploy.backends import BuildConfig, ModelSource
 from vitdeploy.bench.harness import TimingPlan
 from vitdeploy.bench.run import bench_sources
+from vitdeploy.export.check import op_counts
 from vitdeploy.export.onnx import export_onnx
 from vitdeploy.hardware import cpu_name, device_slug, environment
 from vitdeploy.io import write_bytes_atomic, write_json_atomic
 from vitdeploy.models.zoo import load_model
 from vitdeploy.quantize.config import QuantizeConfig
 from vitdeploy.quantize.parts import nodes_by_part
-from vitdeploy.quantize.ptq import calibration_batches, compare_accuracy, quantize_onnx
+from vitdeploy.quantize.ptq import CalibrationImages, calibration_batches, compare_accuracy, quantize_onnx
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"fmnist_vit": (8, 64), "deit_small_patch16_224": (8,)}
@@ -42,28 +43,18 @@ MODELS = {"fmnist_vit": (8, 64), "deit_small_patch16_224": (8,)}
 
 def qoperator(float_path: Path, out: Path, calibration: list[np.ndarray]) -> Path:
     """ONNX Runtime's QOperator graph of the same linear MatMuls, calibrated on the same images."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     graph = onnx.load(str(float_path))
-
-    class Images(CalibrationDataReader):
-        def __init__(self):
-            self._batches = iter(calibration)
-
-        def get_next(self):
-            batch = next(self._batches, None)
-            return None if batch is None else {graph.graph.input[0].name: batch}
-
-    quantize_static(str(float_path), str(out), Images(), quant_format=QuantFormat.QOperator,
+    images = CalibrationImages(calibration, graph.graph.input[0].name)
+    quantize_static(str(float_path), str(out), images, quant_format=QuantFormat.QOperator,
                     nodes_to_quantize=nodes_by_part(graph, ("linear",))["linear"], op_types_to_quantize=["MatMul"],
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
 
 
-def op_counts(path: Path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+def quantization_ops(path: Path) -> dict[str, int]:
+    counts = op_counts(onnx.load(str(path)).graph.node)
     return {op: n for op, n in sorted(counts.items()) if "uantize" in op or "Integer" in op or op.startswith("QLinear")}
 
 
@@ -78,7 +69,7 @@ def formats(name: str, batches: tuple[int, ...], work: Path, plan: TimingPlan, e
     paths["int8 QOperator"] = qoperator(float_path, work / f"{name}.qop.onnx", calibration)
     paths["int8 dynamic"] = dynamic(float_path, work)
     int8 = {variant: path for variant, path in paths.items() if variant != "fp32"}
-    result = {"ops": {variant: op_counts(path) for variant, path in int8.items()}}
+    result = {"ops": {variant: quantization_ops(path) for variant, path in int8.items()}}
     if name == "fmnist_vit":
         test = dataset_for(model, "fashion-mnist", "test", eval_limit)
         result["accuracy"] = [{"model": f"{name} {variant}", **compare_accuracy(float_path, path, test).to_dict()}

@@ -136,7 +136,7 @@ def calibration_batches(dataset, config: QuantizeConfig) -> list[np.ndarray]:
     return found
 
 
-class _Images(CalibrationDataReader):
+class CalibrationImages(CalibrationDataReader):
     """ONNX Runtime's calibration reader over a list of batches."""
 
     def __init__(self, calibration: list[np.ndarray], input_name: str = INPUT_NAME):
@@ -164,7 +164,7 @@ def quantize_onnx(float_path: str | Path, out: str | Path, calibration: list[np.
                "TensorQuantOverrides": overrides or {}}
     with _without_preprocessing_advice():
         quantize_static(
-            str(float_path), str(out), _Images(calibration, graph.graph.input[0].name), quant_format=QuantFormat.QDQ,
+            str(float_path), str(out), CalibrationImages(calibration, graph.graph.input[0].name), quant_format=QuantFormat.QDQ,
             nodes_to_quantize=[name for names in nodes.values() for name in names],
             op_types_to_quantize=sorted({op for part in config.parts for op in PART_OPS[part]}), per_channel=True,
             activation_type=QuantType.QUInt8 if unsigned else QuantType.QInt8, weight_type=QuantType.QInt8,
